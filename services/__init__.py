@@ -1,0 +1,1 @@
+"""The three refnet services and the ``refnet`` command that runs them."""

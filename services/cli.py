@@ -1,0 +1,254 @@
+"""The `refnet` command: run the local stack, run one service, operate the network."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from uuid import uuid4
+
+RUN_DIR = Path(".refnet")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="refnet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run the whole stack locally on embedded infrastructure")
+    up.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    for name in ("intake", "matching", "notifications"):
+        commands.add_parser(name, help=f"run the {name} service in the foreground")
+    commands.add_parser("migrate", help="apply every service's database migrations")
+    commands.add_parser("topics", help="create the refnet topics and their DLQs")
+    agency = commands.add_parser("agency", help="partner agency tools").add_subparsers(
+        dest="agency_command", required=True
+    )
+    listen = agency.add_parser("listen", help="print (and optionally accept) an agency's offers")
+    listen.add_argument("agency_id")
+    listen.add_argument("--accept", action="store_true", help="accept every offer received")
+    listen.add_argument("--max-offers", type=int, default=None, help="exit after this many")
+    key = agency.add_parser("key", help="issue an API key for the agency HTTP API")
+    key.add_argument("agency_id")
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        run_up(args.run_dir)
+    elif args.command in ("intake", "matching", "notifications"):
+        run_service(args.command)
+    elif args.command == "migrate":
+        _migrate()
+    elif args.command == "topics":
+        _topics()
+    elif args.agency_command == "listen":
+        asyncio.run(_listen(args.agency_id, args.accept, args.max_offers))
+    elif args.agency_command == "key":
+        print(asyncio.run(_issue_key(args.agency_id)))
+
+
+def _setting(name: str, default: str | None = None) -> str:
+    """From the environment, else from the running local stack, else the default."""
+    if name in os.environ:
+        return os.environ[name]
+    stack_file = RUN_DIR / "stack.json"
+    if stack_file.exists():
+        value = json.loads(stack_file.read_text()).get(name)
+        if value:
+            return str(value)
+    if default is None:
+        sys.exit(f"refnet: set {name} (or run `refnet up` in this directory first)")
+    return default
+
+
+def run_service(name: str) -> None:
+    from shared.logs import configure_logging
+    from shared.settings import load_settings
+
+    if name == "intake":
+        import uvicorn
+
+        from services.intake.app import create_app
+        from services.intake.settings import IntakeSettings
+
+        settings = load_settings(IntakeSettings)
+        configure_logging(name, settings.log_level)
+        uvicorn.run(
+            create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None
+        )
+    elif name == "notifications":
+        import uvicorn
+
+        from services.notifications.app import create_app as create_notifications
+        from services.notifications.settings import NotificationsSettings
+
+        n_settings = load_settings(NotificationsSettings)
+        configure_logging(name, n_settings.log_level)
+        uvicorn.run(
+            create_notifications(n_settings),
+            host=n_settings.http_host,
+            port=n_settings.http_port,
+            log_config=None,
+        )
+    else:
+        from faust import Worker
+
+        from services.matching.app import create_app as create_matching
+        from services.matching.settings import MatchingSettings
+
+        m_settings = load_settings(MatchingSettings)
+        configure_logging(name, m_settings.log_level)
+        app = create_matching(m_settings)
+        Worker(app, loglevel=m_settings.log_level, quiet=True).execute_from_commandline()
+
+
+def run_up(run_dir: Path) -> None:
+    from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
+    from shared.logs import configure_logging
+
+    configure_logging("up", "WARNING")
+    stack = LocalStack(run_dir, echo_mail=True)
+    print("refnet: starting Postgres, the broker, the SMTP sink and three services...", flush=True)
+    stack.start()
+    assert stack.infra is not None
+    print(
+        f"""
+refnet is up.
+  intake (workers)      {stack.intake_url}
+  agency HTTP API       {stack.agency_api_url}/agency/v1/offers
+  Kafka broker          {stack.infra.kafka_bootstrap_servers}  ({stack.infra.kafka_source})
+  Postgres              {stack.infra.database_url}  ({stack.infra.postgres_source})
+  SMTP sink             127.0.0.1:{stack.ports.smtp}  (messages in {run_dir}/mail/)
+  logs                  {run_dir}/logs/
+
+  demo intake worker    {DEMO_WORKER_EMAIL}
+  password              {stack.secrets["DEMO_WORKER_PASSWORD"]}
+
+  accept offers as an agency:  refnet agency listen ag-001 --accept
+  API key for an agency:       refnet agency key ag-001
+Press Ctrl-C to stop everything.""",
+        flush=True,
+    )
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stopping:
+            dead = stack.dead_services()
+            if dead:
+                print(f"refnet: {', '.join(dead)} stopped unexpectedly; see {run_dir}/logs/")
+                break
+            time.sleep(0.5)
+    finally:
+        print("refnet: stopping...", flush=True)
+        stack.stop()
+        print("refnet: stopped.", flush=True)
+
+
+def _migrate() -> None:
+    from services.local_stack import MIGRATIONS
+    from shared.db import migrate
+
+    url = _setting("DATABASE_URL")
+    for name, path in MIGRATIONS.items():
+        applied = migrate(url, name, path)
+        print(f"{name}: {len(applied)} migration(s) applied")
+
+
+def _topics() -> None:
+    from shared.kafka import ensure_topics, topics_with_dlqs
+    from shared.topics import CO_PARTITIONED
+
+    created = asyncio.run(
+        ensure_topics(
+            _setting("KAFKA_BOOTSTRAP_SERVERS"),
+            topics_with_dlqs(CO_PARTITIONED),
+            int(_setting("KAFKA_PARTITIONS", "3")),
+            int(_setting("KAFKA_REPLICATION_FACTOR", "1")),
+        )
+    )
+    print(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+
+
+async def _issue_key(agency_id: str) -> str:
+    from services.notifications.handlers import issue_api_key
+    from shared.db import create_pool
+
+    pool = await create_pool(_setting("DATABASE_URL"), "notifications", max_size=1)
+    try:
+        return await issue_api_key(pool, agency_id)
+    finally:
+        await pool.close()
+
+
+async def _listen(agency_id: str, accept: bool, max_offers: int | None) -> None:
+    """A reference agency consumer: plain aiokafka, strict CloudEvents decoding."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from shared.clock import SystemClock
+    from shared.cloudevents import PoisonMessage, decode, encode
+    from shared.events import OfferAccepted, ReferralOffered
+    from shared.topics import OFFER_RESPONSES, agency_offers
+
+    bootstrap = _setting("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    spec = agency_offers(agency_id)
+    consumer = AIOKafkaConsumer(
+        spec.name,
+        bootstrap_servers=bootstrap,
+        group_id=f"agency-{agency_id}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await consumer.start()
+    await producer.start()
+    print(f"listening on {spec.name} at {bootstrap} (Ctrl-C to stop)", flush=True)
+    seen = 0
+    try:
+        async for record in consumer:
+            try:
+                event = decode(spec, record.key, record.value, record.headers).event
+            except PoisonMessage as exc:
+                print(f"skipping unreadable record at offset {record.offset}: {exc}", flush=True)
+                await consumer.commit()
+                continue
+            print(f"{event.ce_type}: {event.model_dump_json()}", flush=True)
+            if isinstance(event, ReferralOffered):
+                seen += 1
+                if accept:
+                    now = SystemClock().now()
+                    answer = OfferAccepted(
+                        offer_id=event.offer_id,
+                        need_id=event.need_id,
+                        agency_id=agency_id,
+                        accepted_at=now,
+                    )
+                    headers, value = encode(
+                        answer, event_id=uuid4(), source=f"/agencies/{agency_id}", time=now
+                    )
+                    await producer.send_and_wait(
+                        OFFER_RESPONSES.name,
+                        key=str(event.need_id).encode(),
+                        value=value,
+                        headers=headers,
+                    )
+                    print(f"accepted offer {event.offer_id}", flush=True)
+            await consumer.commit()
+            if max_offers is not None and seen >= max_offers:
+                break
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+if __name__ == "__main__":
+    main()

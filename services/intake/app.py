@@ -1,0 +1,107 @@
+"""The intake service's FastAPI app: builds its clients in the lifespan, then serves the
+worker-facing pages while relaying its outbox and following referral status events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import uuid4
+
+from fastapi import FastAPI
+from starlette.middleware.sessions import SessionMiddleware
+
+from services.intake import repository as repo
+from services.intake.handlers import STATUS_CONSUMER, record_referral_status
+from services.intake.routes import router
+from services.intake.security import PiiCipher, hash_password
+from services.intake.settings import IntakeSettings
+from shared.clock import Clock, clock_for
+from shared.db import create_pool
+from shared.kafka import (
+    DeadLetters,
+    cancel_and_wait,
+    consume,
+    make_consumer,
+    make_producer,
+    wait_until_ready,
+)
+from shared.outbox import OutboxRelay
+from shared.topics import REFERRAL_EVENTS
+
+log = logging.getLogger(__name__)
+SCHEMA = "intake"
+
+
+def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
+    clock = clock or clock_for(settings.clock_offset_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = None
+
+        async def connect() -> None:
+            nonlocal pool
+            pool = await create_pool(settings.database_url, SCHEMA)
+
+        await wait_until_ready("Postgres", connect)
+        assert pool is not None
+        producer = make_producer(settings, "intake")
+        await wait_until_ready("Kafka producer", producer.start)
+        consumer = make_consumer(settings, STATUS_CONSUMER, REFERRAL_EVENTS.name)
+        await wait_until_ready("Kafka consumer", consumer.start)
+        if settings.is_local and settings.demo_worker_password:
+            await _ensure_demo_worker(pool, settings)
+        app.state.pool = pool
+        relay = OutboxRelay(
+            pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
+        )
+        tasks = [
+            asyncio.create_task(relay.run(), name="intake-outbox"),
+            asyncio.create_task(
+                consume(
+                    consumer,
+                    [REFERRAL_EVENTS],
+                    lambda env: record_referral_status(pool, env),
+                    DeadLetters(producer, STATUS_CONSUMER),
+                    max_attempts=settings.consumer_max_attempts,
+                ),
+                name="intake-status-consumer",
+            ),
+        ]
+        try:
+            yield
+        finally:
+            await cancel_and_wait(*tasks)
+            await consumer.stop()
+            await producer.stop()
+            await pool.close()
+
+    app = FastAPI(title="refnet intake", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.clock = clock
+    app.state.cipher = PiiCipher(settings.pii_encryption_key.get_secret_value())
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.secret_key.get_secret_value(),
+        session_cookie="refnet_session",
+        max_age=settings.session_max_age_s,
+        same_site="strict",
+        https_only=not settings.is_local,
+    )
+    app.include_router(router)
+    return app
+
+
+async def _ensure_demo_worker(pool: object, settings: IntakeSettings) -> None:
+    assert settings.demo_worker_password is not None
+    async with pool.acquire() as conn:  # type: ignore[attr-defined]
+        await repo.upsert_worker(
+            conn,
+            uuid4(),
+            settings.demo_worker_email,
+            "Demo Worker",
+            hash_password(settings.demo_worker_password.get_secret_value()),
+        )
+    log.info("demo worker %s is ready", settings.demo_worker_email)

@@ -1,0 +1,174 @@
+"""The whole stack on one machine, no Docker: what `refnet up` runs and the e2e tests use.
+
+Infrastructure comes from shared.infra (explicit settings > testcontainers > embedded); the
+three services run as child processes of this one, with their logs under the run directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from services.smtp_sink import SmtpSink
+from shared.db import migrate
+from shared.embedded import free_port, spawn, stop_process
+from shared.infra import Infrastructure, provision
+from shared.kafka import ensure_topics, topics_with_dlqs
+from shared.topics import CO_PARTITIONED
+
+SERVICES = ("intake", "matching", "notifications")
+MIGRATIONS = {name: Path(__file__).parent / name / "migrations" for name in SERVICES}
+DEMO_WORKER_EMAIL = "demo.worker@refnet.local"
+
+
+@dataclass
+class Ports:
+    postgres: int = 5432
+    kafka: int = 9092
+    smtp: int = 1025
+    intake: int = 8000
+    notifications: int = 8001
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+
+@dataclass
+class LocalStack:
+    run_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    echo_mail: bool = False
+    infra: Infrastructure | None = None
+    mail: SmtpSink | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def intake_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.intake}"
+
+    @property
+    def agency_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.notifications}"
+
+    @property
+    def clock_offset_file(self) -> Path:
+        return self.run_dir / "clock-offset"
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        try:
+            self.infra = provision(
+                self.run_dir, postgres_port=self.ports.postgres, kafka_port=self.ports.kafka
+            )
+            self.mail = SmtpSink(self.run_dir / "mail", self.ports.smtp, echo=self.echo_mail)
+            self.mail.start()
+            prepare(self.infra.database_url, self.infra.kafka_bootstrap_servers, self._partitions)
+            self._write_stack_file()
+            for name in SERVICES:
+                self.processes[name] = spawn(
+                    [sys.executable, "-m", "services.cli", name],
+                    self.run_dir / "logs" / f"{name}.log",
+                    env=self.service_env(name),
+                )
+            self._wait_http(self.intake_url, "intake")
+            self._wait_http(self.agency_api_url, "notifications")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            stop_process(proc)
+        self.processes.clear()
+        if self.mail:
+            self.mail.stop()
+            self.mail = None
+        if self.infra:
+            self.infra.stop()
+            self.infra = None
+
+    def dead_services(self) -> list[str]:
+        return [name for name, proc in self.processes.items() if proc.poll() is not None]
+
+    @property
+    def _partitions(self) -> int:
+        return int(self.extra_env.get("KAFKA_PARTITIONS", "3"))
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        path = self.run_dir / "secrets.json"
+        if not path.exists():
+            values = {
+                "SECRET_KEY": secrets.token_urlsafe(48),
+                "PII_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+                "DEMO_WORKER_PASSWORD": secrets.token_urlsafe(12),
+            }
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(values, indent=2))
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+
+    def service_env(self, name: str) -> dict[str, str]:
+        assert self.infra is not None
+        http_port = {"intake": self.ports.intake, "notifications": self.ports.notifications}
+        env = {
+            **os.environ,
+            "REFNET_ENV": "local",
+            "DATABASE_URL": self.infra.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap_servers,
+            "CLOCK_OFFSET_FILE": str(self.clock_offset_file),
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(self.ports.smtp),
+            "DEMO_WORKER_EMAIL": DEMO_WORKER_EMAIL,
+            **self.secrets,
+            **self.extra_env,
+        }
+        if name in http_port:
+            env["HTTP_PORT"] = str(http_port[name])
+        return env
+
+    def _write_stack_file(self) -> None:
+        assert self.infra is not None
+        (self.run_dir / "stack.json").write_text(
+            json.dumps(
+                {
+                    "DATABASE_URL": self.infra.database_url,
+                    "KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap_servers,
+                },
+                indent=2,
+            )
+        )
+
+    def _wait_http(self, base_url: str, name: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = self.processes[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited at start-up; see {self.run_dir}/logs/{name}.log")
+            try:
+                with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response:  # noqa: S310 - our own loopback URL
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{name} did not answer /healthz in {timeout_s}s")
+
+
+def prepare(database_url: str, bootstrap_servers: str, partitions: int) -> None:
+    """Migrate every service's schema and create every refnet topic with its DLQ."""
+    for name, migrations in MIGRATIONS.items():
+        migrate(database_url, name, migrations)
+    asyncio.run(ensure_topics(bootstrap_servers, topics_with_dlqs(CO_PARTITIONED), partitions))

@@ -1,0 +1,160 @@
+"""The matching service: a Faust-streaming worker.
+
+Agents only turn each Kafka record into a RawMessage and hand it to the shared processing
+rule (decode, handler with retries, DLQ with the reason); the state machine lives in
+handlers.py. Processing is at-least-once; the inbox makes it effectively-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+
+from services.matching import repository as repo
+from services.matching.directory import load_directory
+from services.matching.handlers import (
+    NEEDS_CONSUMER,
+    RESPONSES_CONSUMER,
+    Deps,
+    handle_need_submitted,
+    handle_offer_response,
+)
+from services.matching.settings import MatchingSettings
+from shared.clock import Clock, clock_for
+from shared.cloudevents import Envelope
+from shared.db import create_pool
+from shared.kafka import (
+    DeadLetters,
+    RawMessage,
+    ensure_topics,
+    make_producer,
+    process_record,
+    wait_until_ready,
+)
+from shared.outbox import OutboxRelay
+from shared.topics import NEEDS, OFFER_RESPONSES, TopicSpec, agency_offers
+
+log = logging.getLogger(__name__)
+SCHEMA = "matching"
+
+
+class MatchingApp(faust.App):
+    """Builds the Postgres pool, the producer and the outbox relay before its agents run."""
+
+    def __init__(self, settings: MatchingSettings, clock: Clock, **options: Any) -> None:
+        super().__init__(**options)
+        self.refnet_settings = settings
+        self.clock = clock
+        self.deps: Deps | None = None
+        self.dead_letters: DeadLetters | None = None
+        self._relay_producer: AIOKafkaProducer | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        settings = self.refnet_settings
+        pool = None
+
+        async def connect() -> None:
+            nonlocal pool
+            pool = await create_pool(settings.database_url, SCHEMA)
+
+        await wait_until_ready("Postgres", connect)
+        assert pool is not None
+        await self._load_directory(pool)
+        self._relay_producer = make_producer(settings, "matching")
+        await wait_until_ready("Kafka producer", self._relay_producer.start)
+        self.deps = Deps(pool, self.clock, settings)
+        self.dead_letters = DeadLetters(self._relay_producer, "matching")
+        relay = OutboxRelay(
+            pool, self._relay_producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
+        )
+        self._relay_task = asyncio.create_task(relay.run(), name="matching-outbox")
+
+    async def on_stop(self) -> None:
+        if self._relay_task:
+            self._relay_task.cancel()
+            await asyncio.gather(self._relay_task, return_exceptions=True)
+        if self._relay_producer:
+            await self._relay_producer.stop()
+        if self.deps:
+            await self.deps.pool.close()
+        await super().on_stop()
+
+    async def _load_directory(self, pool: Any) -> None:
+        settings = self.refnet_settings
+        agencies, services = load_directory(settings.directory_path)
+        async with pool.acquire() as conn, conn.transaction():
+            await repo.replace_directory(conn, agencies, services)
+        # Each agency's offer topic exists before its first offer, so it can subscribe early.
+        names = [agency_offers(a.agency_id).name for a in agencies]
+        await wait_until_ready(
+            "Kafka admin",
+            lambda: ensure_topics(
+                settings.kafka_bootstrap_servers, names, settings.kafka_partitions
+            ),
+        )
+        log.info("directory: %d agencies, %d services", len(agencies), len(services))
+
+    async def process(self, spec: TopicSpec, event: faust.types.EventT, handler: Any) -> None:
+        assert self.deps is not None and self.dead_letters is not None
+        message = event.message
+        raw = RawMessage(
+            message.topic,
+            message.partition,
+            message.offset,
+            message.key,
+            message.value,
+            tuple(message.headers or ()),
+        )
+        deps = self.deps
+
+        async def handle(envelope: Envelope) -> None:
+            await handler(deps, envelope)
+
+        await process_record(
+            spec,
+            raw,
+            handle,
+            self.dead_letters,
+            max_attempts=self.refnet_settings.consumer_max_attempts,
+        )
+
+
+def create_app(settings: MatchingSettings, clock: Clock | None = None) -> MatchingApp:
+    app = MatchingApp(
+        settings,
+        clock or clock_for(settings.clock_offset_file),
+        id="refnet-matching",
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_replication_factor=1,
+        topic_partitions=settings.kafka_partitions,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
+        producer_acks=-1,
+        web_enabled=False,
+        datadir=f"/tmp/refnet-matching-{id(settings)}",  # noqa: S108 - memory store; nothing real is written
+    )
+
+    def raw_topic(spec: TopicSpec) -> faust.TopicT:
+        return app.topic(spec.name, key_serializer="raw", value_serializer="raw", internal=False)
+
+    # Two agents, one per consumed topic; each one's group member processes its own
+    # partitions in order, which co-partitioning by need_id makes per-need order.
+    @app.agent(raw_topic(NEEDS), name=NEEDS_CONSUMER)
+    async def needs(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await app.process(NEEDS, event, handle_need_submitted)
+
+    @app.agent(raw_topic(OFFER_RESPONSES), name=RESPONSES_CONSUMER)
+    async def responses(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await app.process(OFFER_RESPONSES, event, handle_offer_response)
+
+    return app

@@ -1,0 +1,200 @@
+"""The referral state machine, one need at a time.
+
+    submitted -> offered(agency, attempt n, respond_by)
+    offered -> accepted | declined(reason) | expired   (declined/expired -> next candidate)
+    no candidate left, or attempts used up -> unmatched (with every exclusion's reason)
+
+Each handler runs in one transaction with the inbox row and the outbox rows it emits, so a
+redelivered event changes nothing and a crash leaves either all of a step or none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from services.matching import repository as repo
+from services.matching.ranking import NeedView, rank
+from services.matching.settings import MatchingSettings
+from shared import outbox
+from shared.clock import Clock
+from shared.cloudevents import Envelope, PoisonMessage
+from shared.events import (
+    ConsentScope,
+    Event,
+    NeedCategory,
+    NeedSubmitted,
+    OfferAccepted,
+    OfferDeclined,
+    OfferExpired,
+    OfferWithdrawn,
+    ReferralOffered,
+    ReferralStatus,
+    ReferralStatusChanged,
+    Urgency,
+    offer_id_for,
+)
+from shared.inbox import first_delivery
+from shared.topics import REFERRAL_EVENTS, TopicSpec, agency_offers
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/refnet/matching"
+NEEDS_CONSUMER = "matching.needs"
+RESPONSES_CONSUMER = "matching.offer-responses"
+
+
+@dataclass(frozen=True)
+class Deps:
+    pool: asyncpg.Pool
+    clock: Clock
+    settings: MatchingSettings
+
+
+def deadline(settings: MatchingSettings, urgency: Urgency) -> timedelta:
+    hours = {
+        Urgency.URGENT: settings.deadline_urgent_h,
+        Urgency.SOON: settings.deadline_soon_h,
+        Urgency.ROUTINE: settings.deadline_routine_h,
+    }[urgency]
+    return timedelta(hours=hours)
+
+
+async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
+    need = envelope.event
+    assert isinstance(need, NeedSubmitted)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if not await first_delivery(conn, NEEDS_CONSUMER, envelope.id):
+            return
+        if not await repo.insert_referral(conn, need, deps.clock.now()):
+            log.info("need %s already known; ignoring the repeat", need.need_id)
+            return
+        ref = await repo.referral_for_update(conn, need.need_id)
+        assert ref is not None
+        await _emit_status(conn, deps, ref, ReferralStatus.SUBMITTED, bump=False)
+        await _offer_next(conn, deps, ref)
+
+
+async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
+    response = envelope.event
+    assert isinstance(response, OfferAccepted | OfferDeclined | OfferExpired)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if not await first_delivery(conn, RESPONSES_CONSUMER, envelope.id):
+            return
+        ref = await repo.referral_for_update(conn, response.need_id)
+        if ref is None:
+            raise PoisonMessage(f"no referral for need {response.need_id}")
+        if not _answers_open_offer(ref, response):
+            log.info(
+                "need %s: %s for offer %s ignored; referral is %s (offer %s)",
+                response.need_id,
+                type(response).__name__,
+                response.offer_id,
+                ref["status"],
+                ref["offer_id"],
+            )
+            return
+        if isinstance(response, OfferAccepted):
+            await _emit_status(conn, deps, ref, ReferralStatus.ACCEPTED)
+        elif isinstance(response, OfferDeclined):
+            await _emit_status(conn, deps, ref, ReferralStatus.DECLINED, reason=response.reason)
+            await _offer_next(conn, deps, ref)
+        else:
+            await _withdraw(conn, deps, ref, "expired: no answer before the deadline")
+            await _emit_status(conn, deps, ref, ReferralStatus.EXPIRED)
+            await _offer_next(conn, deps, ref)
+
+
+def _answers_open_offer(ref: dict[str, Any], response: Event) -> bool:
+    return (
+        ref["status"] == ReferralStatus.OFFERED
+        and ref["offer_id"] == getattr(response, "offer_id", None)
+        and ref["agency_id"] == getattr(response, "agency_id", None)
+    )
+
+
+async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any]) -> None:
+    now = deps.clock.now()
+    need = NeedView(
+        category=NeedCategory(ref["category"]),
+        postal_code=ref["postal_code"],
+        languages=frozenset(ref["languages"]),
+        consent=ConsentScope.model_validate(ref["consent"]),
+        tried=frozenset(ref["tried"]),
+    )
+    candidates, excluded = rank(need, await repo.services_in(conn, need.category), now.date())
+    if not candidates or ref["attempt"] >= deps.settings.max_offer_attempts:
+        reason = (
+            f"{ref['attempt']} agencies asked, none accepted"
+            if candidates
+            else "no eligible agency left"
+        )
+        await _emit_status(
+            conn, deps, ref, ReferralStatus.UNMATCHED, reason=reason, excluded=excluded
+        )
+        return
+    best = candidates[0]
+    ref["attempt"] += 1
+    ref["agency_id"] = best.service.agency_id
+    ref["offer_id"] = offer_id_for(ref["need_id"], ref["attempt"])
+    ref["respond_by"] = now + deadline(deps.settings, Urgency(ref["urgency"]))
+    ref["tried"] = [*ref["tried"], best.service.agency_id]
+    offer = ReferralOffered(
+        offer_id=ref["offer_id"],
+        need_id=ref["need_id"],
+        agency_id=ref["agency_id"],
+        attempt=ref["attempt"],
+        category=need.category,
+        urgency=Urgency(ref["urgency"]),
+        postal_code=ref["postal_code"],
+        languages=tuple(sorted(need.languages)),
+        respond_by=ref["respond_by"],
+        explanation=best.factors,
+    )
+    await _enqueue(conn, deps, agency_offers(ref["agency_id"]), offer)
+    await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+
+
+async def _withdraw(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], reason: str) -> None:
+    withdrawn = OfferWithdrawn(
+        offer_id=ref["offer_id"], need_id=ref["need_id"], agency_id=ref["agency_id"], reason=reason
+    )
+    await _enqueue(conn, deps, agency_offers(ref["agency_id"]), withdrawn)
+
+
+async def _emit_status(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    ref: dict[str, Any],
+    status: ReferralStatus,
+    *,
+    bump: bool = True,
+    **extra: Any,
+) -> None:
+    if bump:
+        ref["sequence"] += 1
+    ref["status"] = status.value
+    ref["updated_at"] = deps.clock.now()
+    await repo.save_referral(conn, ref)
+    with_agency = status not in (ReferralStatus.SUBMITTED, ReferralStatus.UNMATCHED)
+    change = ReferralStatusChanged(
+        need_id=ref["need_id"],
+        status=status,
+        sequence=ref["sequence"],
+        occurred_at=ref["updated_at"],
+        agency_id=ref["agency_id"] if with_agency else None,
+        agency_name=await repo.agency_name(conn, ref["agency_id"]) if with_agency else None,
+        offer_id=ref["offer_id"] if with_agency else None,
+        attempt=ref["attempt"] or None,
+        respond_by=ref["respond_by"] if status == ReferralStatus.OFFERED else None,
+        **extra,
+    )
+    await _enqueue(conn, deps, REFERRAL_EVENTS, change)
+
+
+async def _enqueue(conn: asyncpg.Connection, deps: Deps, spec: TopicSpec, event: Event) -> None:
+    await outbox.enqueue(conn, spec, event, source=SOURCE, clock=deps.clock)

@@ -1,0 +1,193 @@
+"""Notifications' data access: referrers, offers, API keys, the schedule, the delivery log."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared.events import NeedSubmitted
+
+
+async def remember_referrer(conn: asyncpg.Connection, need: NeedSubmitted) -> None:
+    await conn.execute(
+        "INSERT INTO need_referrers (need_id, worker_ref, notify_email, category, urgency) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        need.need_id,
+        need.referrer.worker_ref,
+        need.referrer.notify_email,
+        need.category.value,
+        need.urgency.value,
+    )
+
+
+async def referrer(conn: asyncpg.Connection, need_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM need_referrers WHERE need_id = $1", need_id)
+
+
+async def track_offer(
+    conn: asyncpg.Connection,
+    offer_id: UUID,
+    need_id: UUID,
+    agency_id: str,
+    agency_name: str | None,
+    respond_by: datetime,
+    at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO offers (offer_id, need_id, agency_id, agency_name, respond_by, status, "
+        "updated_at) VALUES ($1, $2, $3, $4, $5, 'open', $6) ON CONFLICT DO NOTHING",
+        offer_id,
+        need_id,
+        agency_id,
+        agency_name,
+        respond_by,
+        at,
+    )
+
+
+async def set_offer_status(
+    conn: asyncpg.Connection,
+    offer_id: UUID,
+    status: str,
+    at: datetime,
+    *,
+    only_if: str | None = None,
+) -> bool:
+    result = await conn.execute(
+        "UPDATE offers SET status = $2, updated_at = $3 "
+        "WHERE offer_id = $1 AND ($4::text IS NULL OR status = $4)",
+        offer_id,
+        status,
+        at,
+        only_if,
+    )
+    return bool(result != "UPDATE 0")
+
+
+async def offer_for_update(conn: asyncpg.Connection, offer_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM offers WHERE offer_id = $1 FOR UPDATE", offer_id)
+
+
+async def open_offers(conn: asyncpg.Connection, agency_id: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT * FROM offers WHERE agency_id = $1 AND status = 'open' ORDER BY respond_by",
+            agency_id,
+        )
+    )
+
+
+async def add_api_key(conn: asyncpg.Connection, key_hash: str, agency_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO agency_api_keys (key_hash, agency_id) VALUES ($1, $2)", key_hash, agency_id
+    )
+
+
+async def agency_for_key(conn: asyncpg.Connection, key_hash: str) -> str | None:
+    value = await conn.fetchval(
+        "SELECT agency_id FROM agency_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        key_hash,
+    )
+    return str(value) if value else None
+
+
+async def schedule(
+    conn: asyncpg.Connection,
+    job_id: UUID,
+    kind: str,
+    need_id: UUID,
+    due_at: datetime,
+    *,
+    offer_id: UUID | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO scheduled_jobs (job_id, kind, need_id, offer_id, due_at, payload) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        job_id,
+        kind,
+        need_id,
+        offer_id,
+        due_at,
+        payload or {},
+    )
+
+
+async def cancel_jobs(conn: asyncpg.Connection, *, offer_id: UUID, kind: str) -> None:
+    await conn.execute(
+        "UPDATE scheduled_jobs SET status = 'cancelled' "
+        "WHERE offer_id = $1 AND kind = $2 AND status = 'pending'",
+        offer_id,
+        kind,
+    )
+
+
+async def claim_due_jobs(
+    conn: asyncpg.Connection, now: datetime, lease: timedelta, limit: int
+) -> list[asyncpg.Record]:
+    """Lease due jobs to this sender. SKIP LOCKED lets several senders share the table without
+    taking the same row; an expired lease (a crashed sender) makes a row claimable again."""
+    return list(
+        await conn.fetch(
+            "UPDATE scheduled_jobs SET lease_until = $2, attempts = attempts + 1 "
+            "WHERE job_id IN ("
+            "  SELECT job_id FROM scheduled_jobs WHERE status = 'pending' AND due_at <= $1 "
+            "  AND (lease_until IS NULL OR lease_until < $1) "
+            "  ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+            "RETURNING *",
+            now,
+            now + lease,
+            limit,
+        )
+    )
+
+
+async def finish_job(conn: asyncpg.Connection, job_id: UUID, at: datetime) -> None:
+    await conn.execute(
+        "UPDATE scheduled_jobs SET status = 'done', done_at = $2, lease_until = NULL "
+        "WHERE job_id = $1",
+        job_id,
+        at,
+    )
+
+
+async def fail_job(conn: asyncpg.Connection, job_id: UUID, error: str, retry_at: datetime) -> None:
+    await conn.execute(
+        "UPDATE scheduled_jobs SET last_error = $2, lease_until = $3 WHERE job_id = $1",
+        job_id,
+        error,
+        retry_at,
+    )
+
+
+async def delivered(conn: asyncpg.Connection, idempotency_key: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM deliveries WHERE idempotency_key = $1 AND status = 'sent'",
+            idempotency_key,
+        )
+    )
+
+
+async def log_delivery(
+    conn: asyncpg.Connection,
+    idempotency_key: str,
+    channel: str,
+    recipient: str,
+    subject: str,
+    attempts: int,
+    at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO deliveries (idempotency_key, channel, recipient, subject, status, attempts, "
+        "sent_at) VALUES ($1, $2, $3, $4, 'sent', $5, $6) ON CONFLICT DO NOTHING",
+        idempotency_key,
+        channel,
+        recipient,
+        subject,
+        attempts,
+        at,
+    )

@@ -1,0 +1,221 @@
+"""Event payloads: the single source of truth for what travels on refnet topics.
+
+Events are past tense. Each carries its CloudEvents type and schema version as class
+attributes; readers ignore unknown fields, and a field is never removed within a version.
+
+No payload may carry a direct identifier of the person (name, phone, email, address, date
+of birth, free text): only the opaque ``person_ref`` and coarse, decision-relevant facts.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import ClassVar
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class NeedCategory(StrEnum):
+    PEER_SUPPORT = "peer-support"
+    RECOVERY_COACHING = "recovery-coaching"
+    COUNSELING = "counseling"
+    CASE_MANAGEMENT = "case-management"
+    EMPLOYMENT = "employment"
+    INTERVIEW_COACHING = "interview-coaching"
+    CHILD_CARE = "child-care"
+    CLOTHING = "clothing"
+    TRANSPORTATION = "transportation"
+    HOUSING = "housing"
+    MEDICAL_CARE = "medical-care"
+    MENTAL_HEALTH = "mental-health"
+    AFTERCARE = "aftercare"
+    FAMILY_SUPPORT = "family-support"
+
+    @property
+    def label(self) -> str:
+        return CATEGORY_LABELS[self]
+
+
+CATEGORY_LABELS: dict[NeedCategory, str] = {
+    NeedCategory.PEER_SUPPORT: "Peer support group",
+    NeedCategory.RECOVERY_COACHING: "Recovery coaching / emotional support",
+    NeedCategory.COUNSELING: "Counseling and therapy",
+    NeedCategory.CASE_MANAGEMENT: "Case management",
+    NeedCategory.EMPLOYMENT: "Employment / job referral",
+    NeedCategory.INTERVIEW_COACHING: "Interview coaching",
+    NeedCategory.CHILD_CARE: "Child care",
+    NeedCategory.CLOTHING: "Clothing",
+    NeedCategory.TRANSPORTATION: "Transportation",
+    NeedCategory.HOUSING: "Housing / sober living",
+    NeedCategory.MEDICAL_CARE: "Medical care",
+    NeedCategory.MENTAL_HEALTH: "Mental health services",
+    NeedCategory.AFTERCARE: "Aftercare program",
+    NeedCategory.FAMILY_SUPPORT: "Family support",
+}
+
+
+class Urgency(StrEnum):
+    ROUTINE = "routine"
+    SOON = "soon"
+    URGENT = "urgent"
+
+
+class ReferralStatus(StrEnum):
+    """Per-need referral states (see the state machine in docs/architecture.md)."""
+
+    SUBMITTED = "submitted"
+    OFFERED = "offered"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    UNMATCHED = "unmatched"
+    IN_PROGRESS = "in_progress"
+    ON_HOLD = "on_hold"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeclineReason(StrEnum):
+    NO_CAPACITY = "no-capacity"
+    NOT_ELIGIBLE = "not-eligible"
+    CANT_REACH = "cant-reach"
+    OTHER = "other"
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ce_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+
+class ConsentScope(BaseModel):
+    """What the person agreed to share and with whom; enough for matching to gate offers."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    consent_id: UUID
+    categories: frozenset[NeedCategory]
+    # "network": every network agency offering the categories above.
+    recipients: str = "network"
+    expires_on: date
+
+    def covers(self, category: NeedCategory, on: date) -> bool:
+        return category in self.categories and on <= self.expires_on
+
+
+class Referrer(BaseModel):
+    """The intake worker to keep informed. Staff contact, not the person's."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    worker_ref: UUID
+    notify_email: str
+
+
+class NeedSubmitted(Event):
+    ce_type: ClassVar[str] = "org.refnet.need.submitted"
+
+    need_id: UUID
+    person_ref: UUID
+    category: NeedCategory
+    urgency: Urgency
+    postal_code: str = Field(pattern=r"^\d{5}$")
+    languages: tuple[str, ...]
+    consent: ConsentScope
+    referrer: Referrer
+    submitted_at: datetime
+
+
+class MatchFactor(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    value: str
+    points: float
+
+
+class ReferralOffered(Event):
+    ce_type: ClassVar[str] = "org.refnet.referral.offered"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    attempt: int
+    category: NeedCategory
+    urgency: Urgency
+    postal_code: str
+    languages: tuple[str, ...]
+    respond_by: datetime
+    explanation: tuple[MatchFactor, ...] = ()
+
+
+class OfferWithdrawn(Event):
+    ce_type: ClassVar[str] = "org.refnet.referral.offer-withdrawn"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    reason: str
+
+
+class OfferAccepted(Event):
+    ce_type: ClassVar[str] = "org.refnet.offer.accepted"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    accepted_at: datetime
+
+
+class OfferDeclined(Event):
+    ce_type: ClassVar[str] = "org.refnet.offer.declined"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    reason: DeclineReason
+    declined_at: datetime
+
+
+class OfferExpired(Event):
+    ce_type: ClassVar[str] = "org.refnet.offer.expired"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    expired_at: datetime
+
+
+class ExcludedAgency(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    agency_id: str
+    reason: str
+
+
+class ReferralStatusChanged(Event):
+    """Every state change of a need's referral. ``sequence`` grows by one per change, so a
+    reader can drop a stale or repeated update."""
+
+    ce_type: ClassVar[str] = "org.refnet.referral.status-changed"
+
+    need_id: UUID
+    status: ReferralStatus
+    sequence: int
+    occurred_at: datetime
+    agency_id: str | None = None
+    agency_name: str | None = None
+    offer_id: UUID | None = None
+    attempt: int | None = None
+    respond_by: datetime | None = None
+    reason: str | None = None
+    excluded: tuple[ExcludedAgency, ...] = ()
+
+
+def offer_id_for(need_id: UUID, attempt: int) -> UUID:
+    """Deterministic, so a re-processed need yields the same offer id downstream."""
+    return uuid5(NAMESPACE_URL, f"urn:refnet:offer:{need_id}:{attempt}")

@@ -1,0 +1,212 @@
+"""Kafka plumbing shared by every service: client factories, topic creation, the dead-letter
+queue and the one rule for processing a record.
+
+The rule: decode against the topic's contract (a record that can never decode goes to the
+DLQ at once); run the handler, retrying transient infrastructure failures until they pass
+and other failures a few times; then dead-letter it with the reason and move on. Offsets
+are committed only after that, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from shared.cloudevents import Envelope, PoisonMessage, decode
+from shared.settings import BaseServiceSettings
+from shared.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope], Awaitable[None]]
+
+# Failures that say "the world is not ready", not "this message is bad": retried until they
+# pass, never dead-lettered.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    KafkaConnectionError,
+)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+def make_producer(settings: BaseServiceSettings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=5,
+    )
+
+
+def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) -> AIOKafkaConsumer:
+    session_ms = int(settings.kafka_session_timeout_s * 1000)
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group_id,
+        client_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(session_ms // 3, 100),
+    )
+
+
+async def ensure_topics(
+    bootstrap_servers: str, names: Sequence[str], partitions: int, replication: int = 1
+) -> list[str]:
+    """Create the topics that don't exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="refnet-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in dict.fromkeys(names) if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, partitions, replication) for name in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process won the race; the topic is there, which is all we need
+        return missing
+    finally:
+        await admin.close()
+
+
+def topics_with_dlqs(specs: Sequence[TopicSpec]) -> list[str]:
+    return [name for spec in specs for name in (spec.name, spec.dlq)]
+
+
+class DeadLetters:
+    """Writes a record that could not be processed to ``<topic>.dlq`` with the reason."""
+
+    def __init__(self, producer: AIOKafkaProducer, consumer_name: str) -> None:
+        self._producer = producer
+        self._consumer_name = consumer_name
+
+    async def send(self, raw: RawMessage, reason: str) -> None:
+        log.error("dead-lettering %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, reason)
+        headers = [*raw.headers] + [
+            ("dlq_reason", reason.encode()),
+            ("dlq_consumer", self._consumer_name.encode()),
+            ("dlq_topic", raw.topic.encode()),
+            ("dlq_partition", str(raw.partition).encode()),
+            ("dlq_offset", str(raw.offset).encode()),
+        ]
+        await self._producer.send_and_wait(
+            raw.topic + ".dlq", key=raw.key, value=raw.value or b"", headers=headers
+        )
+
+
+def _give_up(max_attempts: int) -> Callable[[RetryCallState], bool]:
+    def stop(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        return not isinstance(exc, TRANSIENT_ERRORS) and state.attempt_number >= max_attempts
+
+    return stop
+
+
+async def process_record(
+    spec: TopicSpec,
+    raw: RawMessage,
+    handle: Handler,
+    dead_letters: DeadLetters,
+    *,
+    max_attempts: int,
+) -> None:
+    try:
+        envelope = decode(spec, raw.key, raw.value, raw.headers)
+    except PoisonMessage as exc:
+        await dead_letters.send(raw, str(exc))
+        return
+    try:
+        async for attempt in AsyncRetrying(
+            stop=_give_up(max_attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=10),
+            reraise=True,
+        ):
+            with attempt:
+                await handle(envelope)
+    except PoisonMessage as exc:
+        await dead_letters.send(raw, str(exc))
+    except Exception as exc:  # the handler's bug or a rule it enforces: DLQ, keep going
+        await dead_letters.send(
+            raw, f"handler failed after {max_attempts} attempts: {type(exc).__name__}: {exc}"
+        )
+
+
+async def consume(
+    consumer: AIOKafkaConsumer,
+    specs: Sequence[TopicSpec],
+    handle: Handler,
+    dead_letters: DeadLetters,
+    *,
+    max_attempts: int,
+) -> None:
+    """Process records forever, committing each partition's offset after its batch."""
+    by_name = {spec.name: spec for spec in specs}
+    while True:
+        batches = await consumer.getmany(timeout_ms=1000, max_records=200)
+        for tp, records in batches.items():
+            for record in records:
+                raw = RawMessage(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.key,
+                    record.value,
+                    tuple(record.headers or ()),
+                )
+                await process_record(
+                    by_name[tp.topic], raw, handle, dead_letters, max_attempts=max_attempts
+                )
+            await consumer.commit({TopicPartition(tp.topic, tp.partition): records[-1].offset + 1})
+
+
+async def wait_until_ready(what: str, attempt: Callable[[], Awaitable[object]]) -> None:
+    """Retry a start-up step with backoff while the dependency is down (forever, loudly)."""
+    async for retrying in AsyncRetrying(
+        retry=retry_if_exception_type((*TRANSIENT_ERRORS, KafkaError)),
+        wait=wait_exponential_jitter(initial=0.5, max=10),
+        stop=stop_after_delay(3600 * 24 * 365),
+        before_sleep=lambda s: log.warning(
+            "%s not ready (%s); retrying", what, s.outcome.exception() if s.outcome else "?"
+        ),
+        reraise=True,
+    ):
+        with retrying:
+            await attempt()
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""The transactional outbox: a state change and the events it causes commit together; the
+relay then publishes unpublished rows in order and marks them sent.
+
+A crash between publish and mark re-publishes the same ce_id, which consumers' inboxes
+recognise, so the outbox is at-least-once and the system effectively-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from uuid import UUID, uuid4
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared.clock import Clock
+from shared.cloudevents import encode
+from shared.events import Event
+from shared.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 200
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    spec: TopicSpec,
+    event: Event,
+    *,
+    source: str,
+    clock: Clock,
+    event_id: UUID | None = None,
+) -> UUID:
+    """Add ``event`` to the outbox inside the caller's transaction."""
+    event_id = event_id or uuid4()
+    headers, value = encode(event, event_id=event_id, source=source, time=clock.now())
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, headers, value) VALUES ($1, $2, $3, $4, $5)",
+        event_id,
+        spec.name,
+        spec.key_of(event),
+        [[name, raw.decode()] for name, raw in headers],
+        value,
+    )
+    await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
+    return event_id
+
+
+async def backlog(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+
+class OutboxRelay:
+    """Publishes a service's outbox. One relay per schema is active at a time (an advisory
+    lock), which keeps per-key order even when the service runs as several replicas."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        database_url: str,
+        schema: str,
+        poll_interval_s: float,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._database_url = database_url
+        self._schema = schema
+        self._poll_interval_s = poll_interval_s
+        self._wakeup = asyncio.Event()
+
+    async def run(self) -> None:
+        listener = await self._listen()
+        try:
+            while True:
+                try:
+                    published = await self.publish_pending()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("outbox relay for %s will retry: %s", self._schema, exc)
+                    published = 0
+                if published < BATCH_SIZE:
+                    await self._sleep()
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    async def publish_pending(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))"
+            ):
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, headers, value FROM outbox "
+                "WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                BATCH_SIZE,
+            )
+            if not rows:
+                return 0
+            sends = [
+                await self._producer.send(
+                    row["topic"],
+                    key=row["key"].encode(),
+                    value=bytes(row["value"]),
+                    headers=[(name, raw.encode()) for name, raw in row["headers"]],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*sends)
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
+        log.debug("outbox %s published %d", self._schema, len(rows))
+        return len(rows)
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        # LISTEN/NOTIFY only shortens latency; polling alone is still correct.
+        try:
+            conn = await asyncpg.connect(self._database_url)
+            await conn.add_listener(f"{self._schema}_outbox", lambda *_: self._wakeup.set())
+            return conn
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("outbox %s: no LISTEN connection, polling only: %s", self._schema, exc)
+            return None
+
+    async def _sleep(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+        self._wakeup.clear()

@@ -1,0 +1,58 @@
+"""The topic registry: each topic name bound to its key field and its payload models.
+
+Nothing else in the code base spells a topic name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.events import (
+    Event,
+    NeedSubmitted,
+    OfferAccepted,
+    OfferDeclined,
+    OfferExpired,
+    OfferWithdrawn,
+    ReferralOffered,
+    ReferralStatusChanged,
+)
+
+DLQ_SUFFIX = ".dlq"
+_AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key_field: str
+    events: tuple[type[Event], ...]
+
+    def event_class(self, ce_type: str) -> type[Event] | None:
+        return next((cls for cls in self.events if cls.ce_type == ce_type), None)
+
+    def key_of(self, event: Event) -> str:
+        return str(getattr(event, self.key_field))
+
+    @property
+    def dlq(self) -> str:
+        return self.name + DLQ_SUFFIX
+
+
+NEEDS = TopicSpec("refnet.needs.v1", "need_id", (NeedSubmitted,))
+OFFER_RESPONSES = TopicSpec(
+    "refnet.offer-responses.v1", "need_id", (OfferAccepted, OfferDeclined, OfferExpired)
+)
+REFERRAL_EVENTS = TopicSpec("refnet.referral-events.v1", "need_id", (ReferralStatusChanged,))
+
+# Topics whose partitions must line up: one matching worker sees everything about a need.
+CO_PARTITIONED: tuple[TopicSpec, ...] = (NEEDS, OFFER_RESPONSES, REFERRAL_EVENTS)
+
+
+def agency_offers(agency_id: str) -> TopicSpec:
+    if not _AGENCY_ID.match(agency_id):
+        raise ValueError(f"agency id {agency_id!r} must be lowercase letters, digits and '-'")
+    return TopicSpec(
+        f"refnet.agency.{agency_id}.offers", "need_id", (ReferralOffered, OfferWithdrawn)
+    )
