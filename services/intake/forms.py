@@ -135,7 +135,8 @@ def need_rows(form: dict[str, str]) -> list[tuple[int, dict[str, str]]]:
     for i in range(NEED_ROWS):
         category = form.get(f"needs-{i}-category", "").strip()
         if category:
-            rows.append((i, {"category": category, "urgency": form.get(f"needs-{i}-urgency", "")}))
+            urgency = form.get(f"needs-{i}-urgency") or "routine"
+            rows.append((i, {"category": category, "urgency": urgency}))
     return rows
 
 

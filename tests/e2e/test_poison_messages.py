@@ -1,0 +1,89 @@
+"""A record that breaks the needs contract is dead-lettered with its reason, and matching
+goes on to the next need."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.local_stack import LocalStack
+from shared.cloudevents import decode, encode
+from shared.events import (
+    ConsentScope,
+    NeedCategory,
+    NeedSubmitted,
+    ReferralStatus,
+    Referrer,
+    Urgency,
+)
+from shared.topics import NEEDS, REFERRAL_EVENTS
+from tests.kafka_reader import eventually, header, read_topic
+
+pytestmark = pytest.mark.e2e
+
+
+def a_valid_need() -> NeedSubmitted:
+    return NeedSubmitted(
+        need_id=uuid4(),
+        person_ref=uuid4(),
+        category=NeedCategory.HOUSING,
+        urgency=Urgency.SOON,
+        postal_code="97214",
+        languages=("en",),
+        consent=ConsentScope(
+            consent_id=uuid4(),
+            categories=frozenset({NeedCategory.HOUSING}),
+            expires_on=date.today() + timedelta(days=90),
+        ),
+        referrer=Referrer(worker_ref=uuid4(), notify_email="worker@refnet.local"),
+        submitted_at=datetime.now(UTC),
+    )
+
+
+async def test_malformed_need_goes_to_the_dlq_and_the_next_need_is_matched(
+    stack: LocalStack,
+) -> None:
+    assert stack.infra is not None
+    bootstrap = stack.infra.kafka_bootstrap_servers
+    need = a_valid_need()
+    headers, value = encode(need, event_id=uuid4(), source="/tests", time=datetime.now(UTC))
+    poison_key = str(uuid4()).encode()
+
+    # Given a malformed record and then a valid need, in that order on one partition
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            NEEDS.name, key=poison_key, value=b"{not json", headers=headers, partition=0
+        )
+        await producer.send_and_wait(
+            NEEDS.name, key=str(need.need_id).encode(), value=value, headers=headers, partition=0
+        )
+    finally:
+        await producer.stop()
+
+    # Then the malformed one lands in the DLQ with matching's reason
+    async def dead_letters() -> list[object]:
+        return [
+            r
+            for r in await read_topic(bootstrap, NEEDS.dlq)
+            if r.key == poison_key and header(r, "dlq_consumer") == "matching"
+        ]
+
+    (dead,) = await eventually(dead_letters, "the malformed need in the DLQ")
+    assert "not valid JSON" in (header(dead, "dlq_reason") or "")
+    assert header(dead, "dlq_topic") == NEEDS.name
+    assert dead.value == b"{not json"
+
+    # And the valid need behind it is still offered to an agency
+    async def offered() -> bool:
+        for r in await read_topic(bootstrap, REFERRAL_EVENTS.name):
+            change = decode(REFERRAL_EVENTS, r.key, r.value, r.headers).event
+            if change.need_id == need.need_id and change.status == ReferralStatus.OFFERED:
+                return True
+        return False
+
+    await eventually(offered, "the next need offered")

@@ -1,0 +1,71 @@
+"""The outbox publishes what committed, in order, once; what rolled back never leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from shared import outbox
+from shared.clock import ManualClock
+from shared.cloudevents import decode
+from shared.events import OfferAccepted
+from shared.infra import Infrastructure
+from shared.kafka import ensure_topics, make_producer
+from shared.settings import BaseServiceSettings
+from shared.topics import TopicSpec
+from tests.integration.conftest import fresh_schema
+from tests.kafka_reader import read_topic
+
+pytestmark = pytest.mark.integration
+CLOCK = ManualClock(datetime(2026, 11, 21, tzinfo=UTC))
+
+
+def an_acceptance(need_id: object) -> OfferAccepted:
+    return OfferAccepted(
+        offer_id=uuid4(), need_id=need_id, agency_id="ag-001", accepted_at=CLOCK.now()
+    )
+
+
+async def test_committed_events_are_published_in_order_and_rolled_back_ones_never(
+    infra: Infrastructure,
+) -> None:
+    spec = TopicSpec(f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted,))
+    await ensure_topics(infra.kafka_bootstrap_servers, [spec.name], partitions=1)
+    schema, pool = await fresh_schema(infra, "matching")
+    settings = BaseServiceSettings(
+        database_url=infra.database_url, kafka_bootstrap_servers=infra.kafka_bootstrap_servers
+    )
+    producer = make_producer(settings, "test-outbox")
+    await producer.start()
+    need_id = uuid4()
+    committed = [an_acceptance(need_id) for _ in range(5)]
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for event in committed:
+                await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
+        with pytest.raises(RuntimeError):
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.enqueue(conn, spec, an_acceptance(need_id), source="/tests", clock=CLOCK)
+                raise RuntimeError("the state change failed")
+
+        relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(200):
+                async with pool.acquire() as conn:
+                    if await outbox.backlog(conn) == 0:
+                        break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await producer.stop()
+        await pool.close()
+
+    records = await read_topic(infra.kafka_bootstrap_servers, spec.name)
+    published = [decode(spec, r.key, r.value, r.headers).event for r in records]
+    assert published == committed

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from uuid import uuid4
+
+import pytest
+
+from shared.cloudevents import MAX_VALUE_BYTES, PoisonMessage, decode, encode
+from shared.events import ConsentScope, NeedCategory, NeedSubmitted, Referrer, Urgency
+from shared.topics import NEEDS, OFFER_RESPONSES
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def a_need() -> NeedSubmitted:
+    return NeedSubmitted(
+        need_id=uuid4(),
+        person_ref=uuid4(),
+        category=NeedCategory.CLOTHING,
+        urgency=Urgency.ROUTINE,
+        postal_code="97214",
+        languages=("en",),
+        consent=ConsentScope(
+            consent_id=uuid4(),
+            categories=frozenset({NeedCategory.CLOTHING}),
+            expires_on=date(2027, 1, 1),
+        ),
+        referrer=Referrer(worker_ref=uuid4(), notify_email="w@refnet.local"),
+        submitted_at=NOW,
+    )
+
+
+def encoded(need: NeedSubmitted) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    headers, value = encode(need, event_id=uuid4(), source="/tests", time=NOW)
+    return str(need.need_id).encode(), value, headers
+
+
+def test_an_encoded_event_decodes_to_the_same_event_with_its_context() -> None:
+    need = a_need()
+    key, value, headers = encoded(need)
+    envelope = decode(NEEDS, key, value, headers)
+    assert envelope.event == need
+    assert envelope.type == "org.refnet.need.submitted"
+    assert envelope.schema_version == 1
+    assert envelope.time == NOW
+    assert dict(headers)["content-type"] == b"application/json"
+
+
+def test_readers_tolerate_unknown_fields() -> None:
+    need = a_need()
+    key, value, headers = encoded(need)
+    value = value[:-1] + b',"added_in_a_later_minor":true}'
+    assert decode(NEEDS, key, value, headers).event == need
+
+
+def replace_header(headers: list[tuple[str, bytes]], name: str, value: bytes) -> list[tuple[str, bytes]]:
+    return [(k, value if k == name else v) for k, v in headers]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda k, v, h: (k, b"{oops", h), "not valid JSON"),
+        (lambda k, v, h: (k, v, replace_header(h, "ce_type", b"org.example.other")), "not carried by"),
+        (lambda k, v, h: (k, v, replace_header(h, "ce_schemaversion", b"2")), "newer than this reader"),
+        (lambda k, v, h: (None, v, h), "has no key"),
+        (lambda k, v, h: (b"someone-else", v, h), "does not match"),
+        (lambda k, v, h: (k, v, [x for x in h if x[0] != "ce_id"]), "missing CloudEvents header ce_id"),
+        (lambda k, v, h: (k, b'{"need_id": "x"}', h), "failed validation"),
+        (lambda k, v, h: (k, b" " * (MAX_VALUE_BYTES + 1), h), "exceeds"),
+    ],
+)
+def test_a_broken_record_is_poison_with_a_reason(mangle, reason) -> None:  # type: ignore[no-untyped-def]
+    key, value, headers = mangle(*encoded(a_need()))
+    with pytest.raises(PoisonMessage, match=reason):
+        decode(NEEDS, key, value, headers)
+
+
+def test_an_event_on_the_wrong_topic_is_poison() -> None:
+    key, value, headers = encoded(a_need())
+    with pytest.raises(PoisonMessage, match="not carried by refnet.offer-responses.v1"):
+        decode(OFFER_RESPONSES, key, value, headers)
