@@ -10,6 +10,7 @@ are committed only after that, so nothing is silently dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,12 +91,11 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [name for name in dict.fromkeys(names) if name not in existing]
         if missing:
-            try:
+            # Another process may win the race; the topic is there, which is all we need.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(name, partitions, replication) for name in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another process won the race; the topic is there, which is all we need
         return missing
     finally:
         await admin.close()

@@ -71,7 +71,11 @@ class MatchingApp(faust.App):
         self.deps = Deps(pool, self.clock, settings)
         self.dead_letters = DeadLetters(self._relay_producer, "matching")
         relay = OutboxRelay(
-            pool, self._relay_producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
+            pool,
+            self._relay_producer,
+            settings.database_url,
+            SCHEMA,
+            settings.outbox_poll_interval_s,
         )
         self._relay_task = asyncio.create_task(relay.run(), name="matching-outbox")
 

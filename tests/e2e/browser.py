@@ -27,7 +27,12 @@ class _StatusPage(HTMLParser):
         a = dict(attrs)
         if tag == "tr" and a.get("data-need-id"):
             self.rows.append(
-                NeedRow(a["data-need-id"] or "", a.get("data-category") or "", "", a.get("data-agency-id") or "")
+                NeedRow(
+                    a["data-need-id"] or "",
+                    a.get("data-category") or "",
+                    "",
+                    a.get("data-agency-id") or "",
+                )
             )
         elif tag == "td" and a.get("data-status") and self.rows:
             self.rows[-1].status = a["data-status"] or ""

@@ -43,7 +43,9 @@ async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture(scope="module")
 def worker(stack: LocalStack) -> WorkerBrowser:
     browser = WorkerBrowser(stack.intake_url)
-    assert browser.log_in(DEMO_WORKER_EMAIL, stack.secrets["DEMO_WORKER_PASSWORD"]).status_code == 200
+    assert (
+        browser.log_in(DEMO_WORKER_EMAIL, stack.secrets["DEMO_WORKER_PASSWORD"]).status_code == 200
+    )
     return browser
 
 

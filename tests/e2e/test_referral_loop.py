@@ -110,10 +110,11 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
     # When the first agency accepts over the HTTP API with its own key
     first, second = rows
     key = refnet_cli(stack, "agency", "key", first.agency_id).strip()
-    accepted = httpx.post(
-        f"{stack.agency_api_url}/agency/v1/offers/{offers[first.need_id].offer_id}/accept",
-        headers={"Authorization": f"Bearer {key}"},
-    )
+    async with httpx.AsyncClient() as agency_http:
+        accepted = await agency_http.post(
+            f"{stack.agency_api_url}/agency/v1/offers/{offers[first.need_id].offer_id}/accept",
+            headers={"Authorization": f"Bearer {key}"},
+        )
     assert accepted.status_code == 202, accepted.text
 
     # And the second agency accepts over Kafka with the reference consumer
@@ -121,14 +122,19 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
         lambda: worker.status(intake_path)[0].status == "accepted", "first need accepted"
     )
     pending = len(await offers_on_topic(stack, second.agency_id))
-    refnet_cli(stack, "agency", "listen", second.agency_id, "--accept", "--max-offers", str(pending))
+    refnet_cli(
+        stack, "agency", "listen", second.agency_id, "--accept", "--max-offers", str(pending)
+    )
 
     final = await eventually(
         lambda: (r := worker.status(intake_path)) and all(n.status == "accepted" for n in r) and r,
         "both needs accepted",
     )
     acceptance_mail = await eventually(
-        lambda: len(mail_with(stack, "Referral accepted")) >= 2 and mail_with(stack, "Referral accepted"),
+        lambda: (
+            len(mail_with(stack, "Referral accepted")) >= 2
+            and mail_with(stack, "Referral accepted")
+        ),
         "two acceptance emails",
     )
 
@@ -150,7 +156,9 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
     }
 
 
-async def test_each_need_is_offered_then_accepted_on_the_status_page(referral_loop: dict[str, Any]) -> None:
+async def test_each_need_is_offered_then_accepted_on_the_status_page(
+    referral_loop: dict[str, Any],
+) -> None:
     statuses = [(r.category, r.status) for r in referral_loop["rows"]]
     assert statuses == [("peer-support", "accepted"), ("employment", "accepted")]
 
@@ -202,10 +210,14 @@ async def test_no_topic_carries_the_persons_identifiers(
     for topic in topics:
         for record in await read_topic(bootstrap, topic):
             scanned += 1
-            blob = b" ".join(
-                [record.key or b"", record.value or b""]
-                + [k.encode() + b"=" + bytes(v) for k, v in record.headers or ()]
-            ).decode(errors="replace").lower()
+            blob = (
+                b" ".join(
+                    [record.key or b"", record.value or b""]
+                    + [k.encode() + b"=" + bytes(v) for k, v in record.headers or ()]
+                )
+                .decode(errors="replace")
+                .lower()
+            )
             leaks = [f for f in forbidden if f.lower() in blob]
             assert not leaks, f"{topic}@{record.offset} carries {leaks}"
     # The scan must have seen the flow's traffic, or it proves nothing.

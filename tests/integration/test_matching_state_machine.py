@@ -42,13 +42,24 @@ def envelope(event: Event) -> Envelope:
 
 
 async def given_a_directory(pool: asyncpg.Pool) -> None:
-    zips = {"ag-near": {"97214"}, "ag-wide": {"97214", "97202"}, "ag-wider": {"97214", "97202", "97206"}}
+    zips = {
+        "ag-near": {"97214"},
+        "ag-wide": {"97214", "97202"},
+        "ag-wider": {"97214", "97202", "97206"},
+    }
     async with pool.acquire() as conn:
         await repo.replace_directory(
             conn,
             [Agency(a, a.title(), None) for a in AGENCIES],
             [
-                AgencyService(f"svc-{a}", a, "Peer group", NeedCategory.PEER_SUPPORT, frozenset(z), frozenset({"en"}))
+                AgencyService(
+                    f"svc-{a}",
+                    a,
+                    "Peer group",
+                    NeedCategory.PEER_SUPPORT,
+                    frozenset(z),
+                    frozenset({"en"}),
+                )
                 for a, z in zips.items()
             ],
         )
@@ -62,7 +73,9 @@ def a_need(category: NeedCategory = NeedCategory.PEER_SUPPORT) -> NeedSubmitted:
         urgency=Urgency.URGENT,
         postal_code="97214",
         languages=("en",),
-        consent=ConsentScope(consent_id=uuid4(), categories=frozenset({category}), expires_on=date(2027, 1, 1)),
+        consent=ConsentScope(
+            consent_id=uuid4(), categories=frozenset({category}), expires_on=date(2027, 1, 1)
+        ),
         referrer=Referrer(worker_ref=uuid4(), notify_email="w@refnet.local"),
         submitted_at=CLOCK.now(),
     )
@@ -71,7 +84,9 @@ def a_need(category: NeedCategory = NeedCategory.PEER_SUPPORT) -> NeedSubmitted:
 async def emitted(pool: asyncpg.Pool, need_id: UUID) -> list[tuple[str, Any]]:
     """(topic, payload) of everything matching put in its outbox for this need, in order."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT topic, value FROM outbox WHERE key = $1 ORDER BY id", str(need_id))
+        rows = await conn.fetch(
+            "SELECT topic, value FROM outbox WHERE key = $1 ORDER BY id", str(need_id)
+        )
     import json
 
     return [(r["topic"], json.loads(r["value"])) for r in rows]
@@ -85,7 +100,9 @@ def last_offer(events: list[tuple[str, Any]]) -> dict[str, Any]:
     return [p for t, p in events if t.startswith("refnet.agency.") and "attempt" in p][-1]
 
 
-async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(matching_pool: asyncpg.Pool) -> None:
+async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(
+    matching_pool: asyncpg.Pool,
+) -> None:
     await given_a_directory(matching_pool)
     deps = Deps(matching_pool, CLOCK, settings())
     need = a_need()
@@ -108,12 +125,17 @@ async def test_declined_and_expired_offers_go_to_the_next_agency_then_unmatched(
     await handle_need_submitted(deps, envelope(need))
 
     def answer(kind: type, offer: dict[str, Any], **extra: Any) -> Envelope:
-        ids = {"offer_id": offer["offer_id"], "need_id": need.need_id, "agency_id": offer["agency_id"]}
+        ids = {
+            "offer_id": offer["offer_id"],
+            "need_id": need.need_id,
+            "agency_id": offer["agency_id"],
+        }
         return envelope(kind(**ids, **extra))
 
     first = last_offer(await emitted(matching_pool, need.need_id))
     await handle_offer_response(
-        deps, answer(OfferDeclined, first, reason=DeclineReason.NO_CAPACITY, declined_at=CLOCK.now())
+        deps,
+        answer(OfferDeclined, first, reason=DeclineReason.NO_CAPACITY, declined_at=CLOCK.now()),
     )
     second = last_offer(await emitted(matching_pool, need.need_id))
     await handle_offer_response(deps, answer(OfferExpired, second, expired_at=CLOCK.now()))
@@ -125,8 +147,15 @@ async def test_declined_and_expired_offers_go_to_the_next_agency_then_unmatched(
     events = await emitted(matching_pool, need.need_id)
     assert [first["agency_id"], second["agency_id"], third["agency_id"]] == AGENCIES
     assert statuses(events) == [
-        "submitted", "offered", "declined", "offered", "expired", "offered", "declined", "unmatched",
-    ]  # fmt: skip
+        "submitted",
+        "offered",
+        "declined",
+        "offered",
+        "expired",
+        "offered",
+        "declined",
+        "unmatched",
+    ]
     unmatched = [p for t, p in events if p.get("status") == "unmatched"][0]
     assert {e["agency_id"] for e in unmatched["excluded"]} == set(AGENCIES)
     withdrawn = [p for t, p in events if "reason" in p and t.startswith("refnet.agency.")]
@@ -140,7 +169,12 @@ async def test_a_late_or_repeated_answer_changes_nothing(matching_pool: asyncpg.
     await handle_need_submitted(deps, envelope(need))
     offer = last_offer(await emitted(matching_pool, need.need_id))
     accepted = envelope(
-        OfferAccepted(offer_id=offer["offer_id"], need_id=need.need_id, agency_id=offer["agency_id"], accepted_at=CLOCK.now())
+        OfferAccepted(
+            offer_id=offer["offer_id"],
+            need_id=need.need_id,
+            agency_id=offer["agency_id"],
+            accepted_at=CLOCK.now(),
+        )
     )
 
     await handle_offer_response(deps, accepted)
@@ -148,17 +182,25 @@ async def test_a_late_or_repeated_answer_changes_nothing(matching_pool: asyncpg.
     await handle_offer_response(deps, envelope(accepted.event))  # the same answer, new event id
     await handle_need_submitted(deps, envelope(need))  # the need itself re-sent
 
-    assert statuses(await emitted(matching_pool, need.need_id)) == ["submitted", "offered", "accepted"]
+    assert statuses(await emitted(matching_pool, need.need_id)) == [
+        "submitted",
+        "offered",
+        "accepted",
+    ]
 
 
 async def test_an_answer_for_an_unknown_need_is_poison(matching_pool: asyncpg.Pool) -> None:
     deps = Deps(matching_pool, CLOCK, settings())
-    stray = OfferAccepted(offer_id=uuid4(), need_id=uuid4(), agency_id="ag-near", accepted_at=CLOCK.now())
+    stray = OfferAccepted(
+        offer_id=uuid4(), need_id=uuid4(), agency_id="ag-near", accepted_at=CLOCK.now()
+    )
     with pytest.raises(PoisonMessage, match="no referral"):
         await handle_offer_response(deps, envelope(stray))
 
 
-async def test_a_need_with_no_agency_in_its_category_is_unmatched_at_once(matching_pool: asyncpg.Pool) -> None:
+async def test_a_need_with_no_agency_in_its_category_is_unmatched_at_once(
+    matching_pool: asyncpg.Pool,
+) -> None:
     await given_a_directory(matching_pool)
     deps = Deps(matching_pool, CLOCK, settings())
     need = a_need(NeedCategory.CHILD_CARE)

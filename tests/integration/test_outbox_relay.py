@@ -48,7 +48,9 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
                 await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
         with pytest.raises(RuntimeError):
             async with pool.acquire() as conn, conn.transaction():
-                await outbox.enqueue(conn, spec, an_acceptance(need_id), source="/tests", clock=CLOCK)
+                await outbox.enqueue(
+                    conn, spec, an_acceptance(need_id), source="/tests", clock=CLOCK
+                )
                 raise RuntimeError("the state change failed")
 
         relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)

@@ -53,7 +53,9 @@ def test_readers_tolerate_unknown_fields() -> None:
     assert decode(NEEDS, key, value, headers).event == need
 
 
-def replace_header(headers: list[tuple[str, bytes]], name: str, value: bytes) -> list[tuple[str, bytes]]:
+def replace_header(
+    headers: list[tuple[str, bytes]], name: str, value: bytes
+) -> list[tuple[str, bytes]]:
     return [(k, value if k == name else v) for k, v in headers]
 
 
@@ -61,11 +63,20 @@ def replace_header(headers: list[tuple[str, bytes]], name: str, value: bytes) ->
     ("mangle", "reason"),
     [
         (lambda k, v, h: (k, b"{oops", h), "not valid JSON"),
-        (lambda k, v, h: (k, v, replace_header(h, "ce_type", b"org.example.other")), "not carried by"),
-        (lambda k, v, h: (k, v, replace_header(h, "ce_schemaversion", b"2")), "newer than this reader"),
+        (
+            lambda k, v, h: (k, v, replace_header(h, "ce_type", b"org.example.other")),
+            "not carried by",
+        ),
+        (
+            lambda k, v, h: (k, v, replace_header(h, "ce_schemaversion", b"2")),
+            "newer than this reader",
+        ),
         (lambda k, v, h: (None, v, h), "has no key"),
         (lambda k, v, h: (b"someone-else", v, h), "does not match"),
-        (lambda k, v, h: (k, v, [x for x in h if x[0] != "ce_id"]), "missing CloudEvents header ce_id"),
+        (
+            lambda k, v, h: (k, v, [x for x in h if x[0] != "ce_id"]),
+            "missing CloudEvents header ce_id",
+        ),
         (lambda k, v, h: (k, b'{"need_id": "x"}', h), "failed validation"),
         (lambda k, v, h: (k, b" " * (MAX_VALUE_BYTES + 1), h), "exceeds"),
     ],

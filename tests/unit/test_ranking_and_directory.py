@@ -22,13 +22,19 @@ def service(agency: str, zips: set[str], langs: set[str], sid: str | None = None
     )
 
 
-def need(tried: set[str] = frozenset(), expires: date = date(2027, 1, 1), languages={"es"}) -> NeedView:  # type: ignore[assignment]
+def need(
+    tried: frozenset[str] = frozenset(),
+    expires: date = date(2027, 1, 1),
+    languages: frozenset[str] = frozenset({"es"}),
+) -> NeedView:
     return NeedView(
         category=NeedCategory.PEER_SUPPORT,
         postal_code="97214",
         languages=frozenset(languages),
         consent=ConsentScope(
-            consent_id=uuid4(), categories=frozenset({NeedCategory.PEER_SUPPORT}), expires_on=expires
+            consent_id=uuid4(),
+            categories=frozenset({NeedCategory.PEER_SUPPORT}),
+            expires_on=expires,
         ),
         tried=frozenset(tried),
     )
@@ -51,7 +57,9 @@ def test_eligible_agencies_rank_local_first_and_the_rest_say_why_not() -> None:
 
 
 def test_an_agency_already_asked_is_not_asked_again() -> None:
-    candidates, excluded = rank(need(tried={"ag-b"}), [service("ag-b", {"97214"}, {"es"})], TODAY)
+    candidates, excluded = rank(
+        need(tried=frozenset({"ag-b"})), [service("ag-b", {"97214"}, {"es"})], TODAY
+    )
     assert candidates == []
     assert excluded[0].reason == "already offered this need"
 

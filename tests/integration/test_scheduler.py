@@ -1,0 +1,116 @@
+"""Due jobs are sent once: concurrent senders share the table without taking the same row,
+a crashed sender's lease runs out and its job is retried, and a send that was logged but
+not marked done is not repeated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from services.notifications import repository as repo
+from services.notifications.handlers import Deps, JobKind, job_id, run_due_jobs
+from services.notifications.mailer import Mailer
+from services.notifications.settings import NotificationsSettings
+from services.smtp_sink import SmtpSink
+from shared.clock import ManualClock
+from shared.embedded import free_port
+from shared.events import ConsentScope, NeedCategory, NeedSubmitted, Referrer, Urgency
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    smtp = SmtpSink(tmp_path / "mail", free_port())
+    smtp.start()
+    yield smtp
+    smtp.stop()
+
+
+def deps_for(pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
+    settings = NotificationsSettings(
+        database_url="postgresql://unused",
+        kafka_bootstrap_servers="unused",
+        smtp_host="127.0.0.1",
+        smtp_port=sink.port,
+        scheduler_lease_s=60,
+    )
+    return Deps(pool, clock, settings, Mailer(settings))
+
+
+async def given_a_due_reminder(pool: asyncpg.Pool, clock: ManualClock) -> NeedSubmitted:
+    need = NeedSubmitted(
+        need_id=uuid4(),
+        person_ref=uuid4(),
+        category=NeedCategory.AFTERCARE,
+        urgency=Urgency.SOON,
+        postal_code="97214",
+        languages=("en",),
+        consent=ConsentScope(
+            consent_id=uuid4(),
+            categories=frozenset({NeedCategory.AFTERCARE}),
+            expires_on=date(2027, 1, 1),
+        ),
+        referrer=Referrer(worker_ref=uuid4(), notify_email="worker@refnet.local"),
+        submitted_at=clock.now(),
+    )
+    async with pool.acquire() as conn:
+        await repo.remember_referrer(conn, need)
+        await repo.schedule(
+            conn,
+            job_id(need.need_id, JobKind.AFTERCARE_REMINDER, 1),
+            JobKind.AFTERCARE_REMINDER,
+            need.need_id,
+            clock.now(),
+            payload={"agency_name": "Agency", "day": 1},
+        )
+    return need
+
+
+async def test_two_senders_racing_deliver_a_reminder_once(
+    notifications_pool: asyncpg.Pool, sink: SmtpSink
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
+    deps = deps_for(notifications_pool, sink, clock)
+    await given_a_due_reminder(notifications_pool, clock)
+
+    for _ in range(5):
+        await asyncio.gather(run_due_jobs(deps), run_due_jobs(deps))
+
+    assert len(sink.messages) == 1
+
+
+async def test_a_crashed_senders_job_is_retried_after_its_lease(
+    notifications_pool: asyncpg.Pool, sink: SmtpSink
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
+    deps = deps_for(notifications_pool, sink, clock)
+    await given_a_due_reminder(notifications_pool, clock)
+    async with notifications_pool.acquire() as conn:  # a sender claims it, then dies
+        assert len(await repo.claim_due_jobs(conn, clock.now(), timedelta(seconds=60), 10)) == 1
+
+    assert await run_due_jobs(deps) == 0
+    clock.advance(timedelta(seconds=61))
+    assert await run_due_jobs(deps) == 1
+    assert len(sink.messages) == 1
+
+
+async def test_a_send_logged_before_a_crash_is_not_repeated(
+    notifications_pool: asyncpg.Pool, sink: SmtpSink
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
+    deps = deps_for(notifications_pool, sink, clock)
+    need = await given_a_due_reminder(notifications_pool, clock)
+    key = str(job_id(need.need_id, JobKind.AFTERCARE_REMINDER, 1))
+    async with notifications_pool.acquire() as conn:  # sent and logged, but never marked done
+        await repo.log_delivery(conn, key, "email", "worker@refnet.local", "s", 1, clock.now())
+
+    assert await run_due_jobs(deps) == 1
+    assert sink.messages == []
+    assert await run_due_jobs(deps) == 0
