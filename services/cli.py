@@ -105,11 +105,14 @@ def run_service(name: str) -> None:
 
 
 def run_up(run_dir: Path) -> None:
-    from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
+    from services.local_stack import DEMO_WORKER_EMAIL, LocalStack, Ports
     from shared.logs import configure_logging
 
     configure_logging("up", "WARNING")
-    stack = LocalStack(run_dir, echo_mail=True)
+    ports, notes = Ports.preferred()
+    for note in notes:
+        print(f"refnet: {note}", flush=True)
+    stack = LocalStack(run_dir, ports, echo_mail=True)
     print("refnet: starting Postgres, the broker, the SMTP sink and three services...", flush=True)
     stack.start()
     assert stack.infra is not None

@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet
 
 from services.smtp_sink import SmtpSink
 from shared.db import migrate
-from shared.embedded import free_port, spawn, stop_process
+from shared.embedded import free_port, port_is_open, spawn, stop_process
 from shared.infra import Infrastructure, provision
 from shared.kafka import ensure_topics, topics_with_dlqs
 from shared.topics import CO_PARTITIONED
@@ -42,6 +42,18 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+    @classmethod
+    def preferred(cls) -> tuple[Ports, list[str]]:
+        """The documented ports, except where something else already listens; then a free
+        one, with a note saying so."""
+        ports, notes = cls(), []
+        for name, port in vars(ports).items():
+            if port_is_open(port):
+                replacement = free_port()
+                setattr(ports, name, replacement)
+                notes.append(f"port {port} ({name}) is taken; using {replacement}")
+        return ports, notes
 
 
 @dataclass

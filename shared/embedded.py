@@ -13,6 +13,7 @@ interrupted run leaves nothing behind.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -162,14 +163,17 @@ class EmbeddedPostgres:
             )
 
 
+@functools.cache
 def _pg_bin_dir() -> Path:
     import pgserver
 
     bin_dir = Path(pgserver.__file__).parent / "pginstall" / "bin"
     if os.geteuid() == 0:
-        from pgserver.utils import ensure_folder_permissions
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
 
-        # The unprivileged postgres user must be able to run the wheel's binaries.
+        # The unprivileged postgres user must reach and run the wheel's binaries, even when
+        # the virtualenv sits below a private directory (a CI checkout in a mktemp dir).
+        ensure_prefix_permissions(bin_dir)
         ensure_folder_permissions(bin_dir.parent, 0o555)
     return bin_dir
 
