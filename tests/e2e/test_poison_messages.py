@@ -3,7 +3,7 @@ goes on to the next need."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
@@ -11,36 +11,12 @@ from aiokafka import AIOKafkaProducer
 
 from services.local_stack import LocalStack
 from shared.cloudevents import decode, encode
-from shared.events import (
-    ConsentScope,
-    NeedCategory,
-    NeedSubmitted,
-    ReferralStatus,
-    Referrer,
-    Urgency,
-)
+from shared.events import NeedCategory, ReferralStatus
 from shared.topics import NEEDS, REFERRAL_EVENTS
+from tests.factories import need_submitted
 from tests.kafka_reader import eventually, header, read_topic
 
 pytestmark = pytest.mark.e2e
-
-
-def a_valid_need() -> NeedSubmitted:
-    return NeedSubmitted(
-        need_id=uuid4(),
-        person_ref=uuid4(),
-        category=NeedCategory.HOUSING,
-        urgency=Urgency.SOON,
-        postal_code="97214",
-        languages=("en",),
-        consent=ConsentScope(
-            consent_id=uuid4(),
-            categories=frozenset({NeedCategory.HOUSING}),
-            expires_on=date.today() + timedelta(days=90),
-        ),
-        referrer=Referrer(worker_ref=uuid4(), notify_email="worker@refnet.local"),
-        submitted_at=datetime.now(UTC),
-    )
 
 
 async def test_malformed_need_goes_to_the_dlq_and_the_next_need_is_matched(
@@ -48,7 +24,7 @@ async def test_malformed_need_goes_to_the_dlq_and_the_next_need_is_matched(
 ) -> None:
     assert stack.infra is not None
     bootstrap = stack.infra.kafka_bootstrap_servers
-    need = a_valid_need()
+    need = need_submitted(NeedCategory.HOUSING)
     headers, value = encode(need, event_id=uuid4(), source="/tests", time=datetime.now(UTC))
     poison_key = str(uuid4()).encode()
 

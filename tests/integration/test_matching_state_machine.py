@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -16,7 +16,6 @@ from services.matching.settings import MatchingSettings
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
-    ConsentScope,
     DeclineReason,
     Event,
     NeedCategory,
@@ -24,9 +23,9 @@ from shared.events import (
     OfferAccepted,
     OfferDeclined,
     OfferExpired,
-    Referrer,
     Urgency,
 )
+from tests.factories import need_submitted
 
 pytestmark = pytest.mark.integration
 CLOCK = ManualClock(datetime(2026, 11, 21, 9, 0, tzinfo=UTC))
@@ -66,19 +65,7 @@ async def given_a_directory(pool: asyncpg.Pool) -> None:
 
 
 def a_need(category: NeedCategory = NeedCategory.PEER_SUPPORT) -> NeedSubmitted:
-    return NeedSubmitted(
-        need_id=uuid4(),
-        person_ref=uuid4(),
-        category=category,
-        urgency=Urgency.URGENT,
-        postal_code="97214",
-        languages=("en",),
-        consent=ConsentScope(
-            consent_id=uuid4(), categories=frozenset({category}), expires_on=date(2027, 1, 1)
-        ),
-        referrer=Referrer(worker_ref=uuid4(), notify_email="w@refnet.local"),
-        submitted_at=CLOCK.now(),
-    )
+    return need_submitted(category, at=CLOCK.now(), urgency=Urgency.URGENT)
 
 
 async def emitted(pool: asyncpg.Pool, need_id: UUID) -> list[tuple[str, Any]]:

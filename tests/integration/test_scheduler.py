@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -20,7 +19,8 @@ from services.notifications.settings import NotificationsSettings
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
 from shared.embedded import free_port
-from shared.events import ConsentScope, NeedCategory, NeedSubmitted, Referrer, Urgency
+from shared.events import NeedCategory, NeedSubmitted
+from tests.factories import need_submitted
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +45,7 @@ def deps_for(pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
 
 
 async def given_a_due_reminder(pool: asyncpg.Pool, clock: ManualClock) -> NeedSubmitted:
-    need = NeedSubmitted(
-        need_id=uuid4(),
-        person_ref=uuid4(),
-        category=NeedCategory.AFTERCARE,
-        urgency=Urgency.SOON,
-        postal_code="97214",
-        languages=("en",),
-        consent=ConsentScope(
-            consent_id=uuid4(),
-            categories=frozenset({NeedCategory.AFTERCARE}),
-            expires_on=date(2027, 1, 1),
-        ),
-        referrer=Referrer(worker_ref=uuid4(), notify_email="worker@refnet.local"),
-        submitted_at=clock.now(),
-    )
+    need = need_submitted(NeedCategory.AFTERCARE, at=clock.now())
     async with pool.acquire() as conn:
         await repo.remember_referrer(conn, need)
         await repo.schedule(

@@ -1,33 +1,20 @@
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
 
 from shared.cloudevents import MAX_VALUE_BYTES, PoisonMessage, decode, encode
-from shared.events import ConsentScope, NeedCategory, NeedSubmitted, Referrer, Urgency
+from shared.events import NeedCategory, NeedSubmitted
 from shared.topics import NEEDS, OFFER_RESPONSES
+from tests.factories import need_submitted
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 def a_need() -> NeedSubmitted:
-    return NeedSubmitted(
-        need_id=uuid4(),
-        person_ref=uuid4(),
-        category=NeedCategory.CLOTHING,
-        urgency=Urgency.ROUTINE,
-        postal_code="97214",
-        languages=("en",),
-        consent=ConsentScope(
-            consent_id=uuid4(),
-            categories=frozenset({NeedCategory.CLOTHING}),
-            expires_on=date(2027, 1, 1),
-        ),
-        referrer=Referrer(worker_ref=uuid4(), notify_email="w@refnet.local"),
-        submitted_at=NOW,
-    )
+    return need_submitted(NeedCategory.CLOTHING, at=NOW)
 
 
 def encoded(need: NeedSubmitted) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
