@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from tenacity import (
@@ -29,7 +29,7 @@ from tenacity import (
 
 from shared.cloudevents import Envelope, PoisonMessage, decode
 from shared.settings import BaseServiceSettings
-from shared.topics import TopicSpec
+from shared.topics import DLQ_SUFFIX, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +110,31 @@ class DeadLetters:
 
     def __init__(self, producer: AIOKafkaProducer, consumer_name: str) -> None:
         self._producer = producer
-        self._consumer_name = consumer_name
+        self.consumer_name = consumer_name
 
     async def send(self, raw: RawMessage, reason: str) -> None:
+        """Retried until the broker takes it: moving past a record that is neither
+        processed nor dead-lettered would lose it."""
         log.error("dead-lettering %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, reason)
         headers = [*raw.headers] + [
             ("dlq_reason", reason.encode()),
-            ("dlq_consumer", self._consumer_name.encode()),
+            ("dlq_consumer", self.consumer_name.encode()),
             ("dlq_topic", raw.topic.encode()),
             ("dlq_partition", str(raw.partition).encode()),
             ("dlq_offset", str(raw.offset).encode()),
         ]
-        await self._producer.send_and_wait(
-            raw.topic + ".dlq", key=raw.key, value=raw.value or b"", headers=headers
-        )
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.5, max=30),
+            before_sleep=lambda s: log.warning("DLQ write failed, retrying: %s", _error(s)),
+        ):
+            with attempt:
+                await self._producer.send_and_wait(
+                    raw.topic + DLQ_SUFFIX, key=raw.key, value=raw.value or b"", headers=headers
+                )
+
+
+def _error(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
 
 
 def _give_up(max_attempts: int) -> Callable[[RetryCallState], bool]:
@@ -174,7 +185,12 @@ async def consume(
     """Process records forever, committing each partition's offset after its batch."""
     by_name = {spec.name: spec for spec in specs}
     while True:
-        batches = await consumer.getmany(timeout_ms=1000, max_records=200)
+        try:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=200)
+        except KafkaError as exc:
+            log.warning("consumer %s: fetch failed, retrying: %s", dead_letters.consumer_name, exc)
+            await asyncio.sleep(1)
+            continue
         for tp, records in batches.items():
             for record in records:
                 raw = RawMessage(
@@ -188,7 +204,12 @@ async def consume(
                 await process_record(
                     by_name[tp.topic], raw, handle, dead_letters, max_attempts=max_attempts
                 )
-            await consumer.commit({TopicPartition(tp.topic, tp.partition): records[-1].offset + 1})
+            try:
+                await consumer.commit({tp: records[-1].offset + 1})
+            except KafkaError as exc:
+                # The effects are durable and idempotent; a later commit covers this one,
+                # and after a rebalance the new owner's inbox absorbs the redelivery.
+                log.warning("consumer %s: commit failed: %s", dead_letters.consumer_name, exc)
 
 
 async def wait_until_ready(what: str, attempt: Callable[[], Awaitable[object]]) -> None:
@@ -197,9 +218,7 @@ async def wait_until_ready(what: str, attempt: Callable[[], Awaitable[object]]) 
         retry=retry_if_exception_type((*TRANSIENT_ERRORS, KafkaError)),
         wait=wait_exponential_jitter(initial=0.5, max=10),
         stop=stop_after_delay(3600 * 24 * 365),
-        before_sleep=lambda s: log.warning(
-            "%s not ready (%s); retrying", what, s.outcome.exception() if s.outcome else "?"
-        ),
+        before_sleep=lambda s: log.warning("%s not ready (%s); retrying", what, _error(s)),
         reraise=True,
     ):
         with retrying:

@@ -78,7 +78,7 @@ class OutboxRelay:
             while True:
                 try:
                     published = await self.publish_pending()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # Postgres or broker down: the rows wait, unmarked
                     log.warning("outbox relay for %s will retry: %s", self._schema, exc)
                     published = 0
                 if published < BATCH_SIZE:

@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
 from fastapi import FastAPI
 
 from services.notifications.api import router
@@ -19,7 +18,6 @@ from services.notifications.settings import NotificationsSettings
 from shared.clock import Clock, clock_for
 from shared.db import create_pool
 from shared.kafka import (
-    TRANSIENT_ERRORS,
     DeadLetters,
     cancel_and_wait,
     consume,
@@ -38,8 +36,8 @@ async def run_scheduler(deps: Deps) -> None:
     while True:
         try:
             claimed = await run_due_jobs(deps)
-        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            log.warning("scheduler will retry: %s", exc)
+        except Exception:  # keep the scheduler alive; the jobs stay pending and leased
+            log.exception("scheduler cycle failed; retrying")
             claimed = 0
         if claimed < deps.settings.scheduler_batch_size:
             await asyncio.sleep(deps.settings.scheduler_poll_interval_s)
