@@ -63,6 +63,9 @@ def decode(
     for required in ("ce_id", "ce_source", "ce_type", "ce_time", "ce_specversion"):
         if required not in attrs:
             raise PoisonMessage(f"missing CloudEvents header {required}")
+    for non_empty in ("ce_id", "ce_source"):
+        if not attrs[non_empty].strip():
+            raise PoisonMessage(f"CloudEvents header {non_empty} is empty")
     if attrs["ce_specversion"] != SPEC_VERSION:
         raise PoisonMessage(f"unsupported ce_specversion {attrs['ce_specversion']!r}")
     cls = spec.event_class(attrs["ce_type"])
@@ -74,11 +77,18 @@ def decode(
         raise PoisonMessage(f"record has no key; {spec.name} is keyed by {spec.key_field}")
     if key.decode(errors="replace") != spec.key_of(event):
         raise PoisonMessage(f"record key does not match the payload's {spec.key_field}")
-    try:
-        time = datetime.fromisoformat(attrs["ce_time"])
-    except ValueError:
-        raise PoisonMessage(f"ce_time {attrs['ce_time']!r} is not RFC 3339") from None
+    time = _rfc3339(attrs["ce_time"])
     return Envelope(attrs["ce_id"], attrs["ce_source"], cls.ce_type, time, version, event)
+
+
+def _rfc3339(raw: str) -> datetime:
+    try:
+        time = datetime.fromisoformat(raw)
+    except ValueError:
+        time = None
+    if time is None or "T" not in raw.upper() or time.tzinfo is None:
+        raise PoisonMessage(f"ce_time {raw!r} is not an RFC 3339 timestamp with an offset")
+    return time
 
 
 def _header_map(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:

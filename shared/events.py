@@ -9,12 +9,12 @@ of birth, free text): only the opaque ``person_ref`` and coarse, decision-releva
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 from typing import ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class NeedCategory(StrEnum):
@@ -127,7 +127,7 @@ class NeedSubmitted(Event):
     languages: tuple[str, ...]
     consent: ConsentScope
     referrer: Referrer
-    submitted_at: datetime
+    submitted_at: AwareDatetime
 
 
 class MatchFactor(BaseModel):
@@ -149,7 +149,7 @@ class ReferralOffered(Event):
     urgency: Urgency
     postal_code: str
     languages: tuple[str, ...]
-    respond_by: datetime
+    respond_by: AwareDatetime
     explanation: tuple[MatchFactor, ...] = ()
 
 
@@ -168,7 +168,7 @@ class OfferAccepted(Event):
     offer_id: UUID
     need_id: UUID
     agency_id: str
-    accepted_at: datetime
+    accepted_at: AwareDatetime
 
 
 class OfferDeclined(Event):
@@ -178,7 +178,7 @@ class OfferDeclined(Event):
     need_id: UUID
     agency_id: str
     reason: DeclineReason
-    declined_at: datetime
+    declined_at: AwareDatetime
 
 
 class OfferExpired(Event):
@@ -187,7 +187,7 @@ class OfferExpired(Event):
     offer_id: UUID
     need_id: UUID
     agency_id: str
-    expired_at: datetime
+    expired_at: AwareDatetime
 
 
 class ExcludedAgency(BaseModel):
@@ -206,12 +206,12 @@ class ReferralStatusChanged(Event):
     need_id: UUID
     status: ReferralStatus
     sequence: int
-    occurred_at: datetime
+    occurred_at: AwareDatetime
     agency_id: str | None = None
     agency_name: str | None = None
     offer_id: UUID | None = None
     attempt: int | None = None
-    respond_by: datetime | None = None
+    respond_by: AwareDatetime | None = None
     reason: str | None = None
     excluded: tuple[ExcludedAgency, ...] = ()
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncpg
 
+from shared.cloudevents import Envelope
 
-async def first_delivery(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
-    """Record the event as processed by ``consumer``; False if it already was."""
+
+async def first_delivery(conn: asyncpg.Connection, consumer: str, envelope: Envelope) -> bool:
+    """Record the event as processed by ``consumer``; False if it already was. CloudEvents
+    ids are unique per source only, and some topics have several producers."""
     inserted = await conn.fetchval(
         "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) "
         "ON CONFLICT DO NOTHING RETURNING true",
         consumer,
-        event_id,
+        f"{envelope.source} {envelope.id}",
     )
     return bool(inserted)

@@ -139,7 +139,9 @@ def _error(state: RetryCallState) -> BaseException | None:
 
 def _give_up(max_attempts: int) -> Callable[[RetryCallState], bool]:
     def stop(state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
+        exc = _error(state)
+        if isinstance(exc, PoisonMessage):
+            return True  # retrying cannot make it valid
         return not isinstance(exc, TRANSIENT_ERRORS) and state.attempt_number >= max_attempts
 
     return stop

@@ -104,9 +104,9 @@ class IntakeForm(BaseModel):
     def _cross_field_rules(self) -> IntakeForm:
         latest = self.today + timedelta(days=366 * MAX_CONSENT_YEARS)
         if not self.today < self.consent_expires_on <= latest:
-            raise _field_error("consent_expires_on")
+            raise _FieldError("consent_expires_on")
         if self.email is None and self.phone is None:
-            raise _field_error("email", "Enter an email address or a phone number.")
+            raise _FieldError("email", "Enter an email address or a phone number.")
         return self
 
     @property
@@ -122,10 +122,6 @@ class _FieldError(ValueError):
     def __init__(self, field: str, message: str | None = None) -> None:
         super().__init__(message or FIELD_MESSAGES[field])
         self.field = field
-
-
-def _field_error(field: str, message: str | None = None) -> _FieldError:
-    return _FieldError(field, message)
 
 
 def need_rows(form: dict[str, str]) -> list[tuple[int, dict[str, str]]]:

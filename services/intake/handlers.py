@@ -87,7 +87,7 @@ async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None
     change = envelope.event
     assert isinstance(change, ReferralStatusChanged)
     async with pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, STATUS_CONSUMER, envelope.id):
+        if not await first_delivery(conn, STATUS_CONSUMER, envelope):
             return
         if not await repo.apply_status(conn, change):
             log.info("need %s: status %s is stale or unknown", change.need_id, change.status)

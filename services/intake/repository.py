@@ -136,13 +136,15 @@ async def apply_status(conn: asyncpg.Connection, change: ReferralStatusChanged) 
 
 
 async def intake_with_needs(
-    conn: asyncpg.Connection, intake_id: UUID
+    conn: asyncpg.Connection, intake_id: UUID, worker_id: UUID
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    """The intake and its needs, only for the worker who took it (minimum necessary)."""
     intake = await conn.fetchrow(
         "SELECT i.*, p.pii, p.postal_code, c.expires_on AS consent_expires_on "
         "FROM intakes i JOIN persons p USING (person_id) JOIN consents c USING (consent_id) "
-        "WHERE i.intake_id = $1",
+        "WHERE i.intake_id = $1 AND i.worker_id = $2",
         intake_id,
+        worker_id,
     )
     if intake is None:
         return None

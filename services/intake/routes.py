@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -126,7 +127,7 @@ async def new_intake(request: Request, worker: Worker) -> Response:
     today = request.app.state.clock.now().date()
     defaults = {
         "preferred_language": "en",
-        "consent_expires_on": today.replace(year=today.year + 1).isoformat(),
+        "consent_expires_on": (today + timedelta(days=365)).isoformat(),
     }
     return _render(request, "intake_form.html", worker=worker, **_form_context(defaults, {}))
 
@@ -146,7 +147,7 @@ async def create_intake(request: Request, worker: Worker, form: CsrfForm) -> Res
 @router.get("/intakes/{intake_id}", response_class=HTMLResponse)
 async def intake_status(request: Request, intake_id: UUID, worker: Worker) -> Response:
     async with request.app.state.pool.acquire() as conn:
-        found = await repo.intake_with_needs(conn, intake_id)
+        found = await repo.intake_with_needs(conn, intake_id, worker["worker_id"])
     if found is None:
         raise HTTPException(404, "No such intake.")
     intake, needs = found

@@ -68,7 +68,7 @@ async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
     need = envelope.event
     assert isinstance(need, NeedSubmitted)
     async with deps.pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, NEEDS_CONSUMER, envelope.id):
+        if not await first_delivery(conn, NEEDS_CONSUMER, envelope):
             return
         if not await repo.insert_referral(conn, need, deps.clock.now()):
             log.info("need %s already known; ignoring the repeat", need.need_id)
@@ -83,7 +83,7 @@ async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
     response = envelope.event
     assert isinstance(response, OfferAccepted | OfferDeclined | OfferExpired)
     async with deps.pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, RESPONSES_CONSUMER, envelope.id):
+        if not await first_delivery(conn, RESPONSES_CONSUMER, envelope):
             return
         ref = await repo.referral_for_update(conn, response.need_id)
         if ref is None:

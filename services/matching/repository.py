@@ -15,6 +15,8 @@ from shared.events import NeedCategory, NeedSubmitted
 async def replace_directory(
     conn: asyncpg.Connection, agencies: list[Agency], services: list[AgencyService]
 ) -> None:
+    # Replicas starting together would otherwise interleave their delete and inserts.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('matching.directory'))")
     await conn.execute("DELETE FROM agency_services")
     await conn.executemany(
         "INSERT INTO agencies (agency_id, name, email) VALUES ($1, $2, $3) "
@@ -53,12 +55,9 @@ async def services_in(conn: asyncpg.Connection, category: NeedCategory) -> list[
     ]
 
 
-async def agency_name(conn: asyncpg.Connection, agency_id: str) -> str:
-    return str(await conn.fetchval("SELECT name FROM agencies WHERE agency_id = $1", agency_id))
-
-
-async def agency_ids(conn: asyncpg.Connection) -> list[str]:
-    return [r["agency_id"] for r in await conn.fetch("SELECT agency_id FROM agencies")]
+async def agency_name(conn: asyncpg.Connection, agency_id: str) -> str | None:
+    name = await conn.fetchval("SELECT name FROM agencies WHERE agency_id = $1", agency_id)
+    return str(name) if name is not None else None
 
 
 async def insert_referral(conn: asyncpg.Connection, need: NeedSubmitted, at: datetime) -> bool:

@@ -65,7 +65,7 @@ def job_id(*parts: object) -> UUID:
 
 async def handle_event(deps: Deps, envelope: Envelope) -> None:
     async with deps.pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, CONSUMER, envelope.id):
+        if not await first_delivery(conn, CONSUMER, envelope):
             return
         event = envelope.event
         if isinstance(event, NeedSubmitted):
@@ -180,9 +180,16 @@ async def run_due_jobs(deps: Deps) -> int:
         try:
             await _run_job(deps, job)
         except Exception as exc:  # one failing job must not stop the others
-            log.warning("job %s (%s) failed, will retry: %s", job["job_id"], job["kind"], exc)
+            log.warning(
+                "job %s (%s) attempt %d failed: %s",
+                job["job_id"],
+                job["kind"],
+                job["attempts"],
+                exc,
+            )
+            retry_at = deps.clock.now() + RETRY_LATER * job["attempts"]
             async with deps.pool.acquire() as conn:
-                await repo.fail_job(conn, job["job_id"], str(exc), deps.clock.now() + RETRY_LATER)
+                await repo.fail_job(conn, job, str(exc), retry_at, s.scheduler_max_attempts)
     return len(jobs)
 
 
@@ -209,7 +216,7 @@ async def _expire_offer(deps: Deps, job: asyncpg.Record) -> None:
                 conn, OFFER_RESPONSES, expired, source=SOURCE, clock=deps.clock,
                 event_id=job_id(job["job_id"], "event"),
             )  # fmt: skip
-        await repo.finish_job(conn, job["job_id"], now)
+        await repo.finish_job(conn, job, now)
 
 
 async def _send_email_job(deps: Deps, job: asyncpg.Record) -> None:
@@ -228,7 +235,7 @@ async def _send_email_job(deps: Deps, job: asyncpg.Record) -> None:
                 conn, key, "email", referrer["notify_email"], email.subject, job["attempts"],
                 deps.clock.now(),
             )  # fmt: skip
-        await repo.finish_job(conn, job["job_id"], deps.clock.now())
+        await repo.finish_job(conn, job, deps.clock.now())
     log.info("job %s (%s) delivered", key, job["kind"])
 
 

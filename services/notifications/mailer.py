@@ -54,5 +54,5 @@ class Mailer:
             username=s.smtp_username,
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
             start_tls=s.smtp_starttls,
-            timeout=30,
+            timeout=s.smtp_timeout_s,
         )

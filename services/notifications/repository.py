@@ -145,21 +145,29 @@ async def claim_due_jobs(
     )
 
 
-async def finish_job(conn: asyncpg.Connection, job_id: UUID, at: datetime) -> None:
+async def finish_job(conn: asyncpg.Connection, job: asyncpg.Record, at: datetime) -> None:
+    """Mark done, fenced by the claim: a sender whose lease was taken over changes nothing."""
     await conn.execute(
-        "UPDATE scheduled_jobs SET status = 'done', done_at = $2, lease_until = NULL "
-        "WHERE job_id = $1",
-        job_id,
+        "UPDATE scheduled_jobs SET status = 'done', done_at = $3, lease_until = NULL "
+        "WHERE job_id = $1 AND attempts = $2",
+        job["job_id"],
+        job["attempts"],
         at,
     )
 
 
-async def fail_job(conn: asyncpg.Connection, job_id: UUID, error: str, retry_at: datetime) -> None:
+async def fail_job(
+    conn: asyncpg.Connection, job: asyncpg.Record, error: str, retry_at: datetime, max_attempts: int
+) -> None:
     await conn.execute(
-        "UPDATE scheduled_jobs SET last_error = $2, lease_until = $3 WHERE job_id = $1",
-        job_id,
+        "UPDATE scheduled_jobs SET last_error = $3, lease_until = $4, "
+        "status = CASE WHEN attempts >= $5 THEN 'failed' ELSE status END "
+        "WHERE job_id = $1 AND attempts = $2",
+        job["job_id"],
+        job["attempts"],
         error,
         retry_at,
+        max_attempts,
     )
 
 

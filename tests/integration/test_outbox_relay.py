@@ -17,7 +17,7 @@ from shared.kafka import ensure_topics, make_producer
 from shared.settings import BaseServiceSettings
 from shared.topics import TopicSpec
 from tests.integration.conftest import fresh_schema
-from tests.kafka_reader import read_topic
+from tests.kafka_reader import eventually, read_topic
 
 pytestmark = pytest.mark.integration
 CLOCK = ManualClock(datetime(2026, 11, 21, tzinfo=UTC))
@@ -56,11 +56,12 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
         relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
         task = asyncio.create_task(relay.run())
         try:
-            for _ in range(200):
+
+            async def drained() -> bool:
                 async with pool.acquire() as conn:
-                    if await outbox.backlog(conn) == 0:
-                        break
-                await asyncio.sleep(0.05)
+                    return await outbox.backlog(conn) == 0
+
+            await eventually(drained, "the outbox relayed")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -39,7 +40,6 @@ def deps_for(pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
         kafka_bootstrap_servers="unused",
         smtp_host="127.0.0.1",
         smtp_port=sink.port,
-        scheduler_lease_s=60,
     )
     return Deps(pool, clock, settings, Mailer(settings))
 
@@ -79,10 +79,10 @@ async def test_a_crashed_senders_job_is_retried_after_its_lease(
     deps = deps_for(notifications_pool, sink, clock)
     await given_a_due_reminder(notifications_pool, clock)
     async with notifications_pool.acquire() as conn:  # a sender claims it, then dies
-        assert len(await repo.claim_due_jobs(conn, clock.now(), timedelta(seconds=60), 10)) == 1
+        assert len(await repo.claim_due_jobs(conn, clock.now(), timedelta(seconds=600), 10)) == 1
 
     assert await run_due_jobs(deps) == 0
-    clock.advance(timedelta(seconds=61))
+    clock.advance(timedelta(seconds=601))
     assert await run_due_jobs(deps) == 1
     assert len(sink.messages) == 1
 
@@ -100,3 +100,28 @@ async def test_a_send_logged_before_a_crash_is_not_repeated(
     assert await run_due_jobs(deps) == 1
     assert sink.messages == []
     assert await run_due_jobs(deps) == 0
+
+
+async def test_a_job_that_keeps_failing_is_marked_failed_not_retried_forever(
+    notifications_pool: asyncpg.Pool, sink: SmtpSink
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
+    deps = deps_for(notifications_pool, sink, clock)
+    unknown_need = need_submitted(NeedCategory.AFTERCARE, at=clock.now())  # never remembered
+    async with notifications_pool.acquire() as conn:
+        await repo.schedule(
+            conn, uuid4(), JobKind.AFTERCARE_REMINDER, unknown_need.need_id, clock.now()
+        )
+
+    for _ in range(deps.settings.scheduler_max_attempts + 3):
+        await run_due_jobs(deps)
+        clock.advance(timedelta(days=1))
+
+    async with notifications_pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, attempts, last_error FROM scheduled_jobs WHERE need_id = $1",
+            unknown_need.need_id,
+        )
+    assert (row["status"], row["attempts"]) == ("failed", deps.settings.scheduler_max_attempts)
+    assert "not yet known" in row["last_error"]
+    assert sink.messages == []

@@ -66,6 +66,9 @@ def replace_header(
         ),
         (lambda k, v, h: (k, b'{"need_id": "x"}', h), "failed validation"),
         (lambda k, v, h: (k, b" " * (MAX_VALUE_BYTES + 1), h), "exceeds"),
+        (lambda k, v, h: (k, v, replace_header(h, "ce_id", b" ")), "ce_id is empty"),
+        (lambda k, v, h: (k, v, replace_header(h, "ce_time", b"2026-11-21")), "RFC 3339"),
+        (lambda k, v, h: (k, v, replace_header(h, "ce_time", b"2026-11-21T10:00:00")), "offset"),
     ],
 )
 def test_a_broken_record_is_poison_with_a_reason(mangle, reason) -> None:  # type: ignore[no-untyped-def]

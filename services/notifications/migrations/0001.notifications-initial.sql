@@ -35,7 +35,7 @@ CREATE TABLE scheduled_jobs (
     offer_id    uuid,
     due_at      timestamptz NOT NULL,
     payload     jsonb       NOT NULL DEFAULT '{}',
-    status      text        NOT NULL DEFAULT 'pending',  -- pending | done | cancelled
+    status      text        NOT NULL DEFAULT 'pending',  -- pending | done | cancelled | failed
     lease_until timestamptz,
     attempts    int         NOT NULL DEFAULT 0,
     last_error  text,
