@@ -145,6 +145,7 @@ class LocalStack:
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.ports.smtp),
             "DEMO_WORKER_EMAIL": DEMO_WORKER_EMAIL,
+            "FAUST_DATADIR": str(self.run_dir / "matching-data"),
             **self.secrets,
             **self.extra_env,
         }

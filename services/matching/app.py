@@ -143,7 +143,7 @@ def create_app(settings: MatchingSettings, clock: Clock | None = None) -> Matchi
         broker_heartbeat_interval=max(settings.kafka_session_timeout_s / 5, 0.5),
         producer_acks=-1,
         web_enabled=False,
-        datadir=f"/tmp/refnet-matching-{id(settings)}",  # noqa: S108 - memory store; nothing real is written
+        datadir=str(settings.faust_datadir),
     )
 
     def raw_topic(spec: TopicSpec) -> faust.TopicT:

@@ -70,11 +70,10 @@ async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await first_delivery(conn, NEEDS_CONSUMER, envelope):
             return
-        if not await repo.insert_referral(conn, need, deps.clock.now()):
+        ref = await repo.insert_referral(conn, need, deps.clock.now())
+        if ref is None:
             log.info("need %s already known; ignoring the repeat", need.need_id)
             return
-        ref = await repo.referral_for_update(conn, need.need_id)
-        assert ref is not None
         await _emit_status(conn, deps, ref, ReferralStatus.SUBMITTED, bump=False)
         await _offer_next(conn, deps, ref)
 

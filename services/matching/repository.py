@@ -60,11 +60,15 @@ async def agency_name(conn: asyncpg.Connection, agency_id: str) -> str | None:
     return str(name) if name is not None else None
 
 
-async def insert_referral(conn: asyncpg.Connection, need: NeedSubmitted, at: datetime) -> bool:
-    result = await conn.execute(
+async def insert_referral(
+    conn: asyncpg.Connection, need: NeedSubmitted, at: datetime
+) -> dict[str, Any] | None:
+    """The new referral row, or None when the need is already known."""
+    row = await conn.fetchrow(
         "INSERT INTO referrals (need_id, person_ref, category, urgency, postal_code, languages, "
         "consent, status, sequence, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, 'submitted', 1, $8) ON CONFLICT DO NOTHING",
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, 'submitted', 1, $8) ON CONFLICT DO NOTHING "
+        "RETURNING *",
         need.need_id,
         need.person_ref,
         need.category.value,
@@ -74,7 +78,7 @@ async def insert_referral(conn: asyncpg.Connection, need: NeedSubmitted, at: dat
         need.consent.model_dump(mode="json"),
         at,
     )
-    return bool(result == "INSERT 0 1")
+    return dict(row) if row else None
 
 
 async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[str, Any] | None:

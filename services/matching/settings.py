@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from shared.settings import BaseServiceSettings
@@ -16,3 +17,5 @@ class MatchingSettings(BaseServiceSettings):
     max_offer_attempts: int = 5
     # An HSDS tabular data package (CSV) loaded at start-up.
     directory_path: Path = DEMO_DIRECTORY
+    # Faust's working directory; with the memory store nothing durable is kept there.
+    faust_datadir: Path = Path(tempfile.gettempdir()) / "refnet-matching"

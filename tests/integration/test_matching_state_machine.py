@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from services.matching import repository as repo
 from services.matching.directory import Agency, AgencyService
@@ -87,16 +88,21 @@ def last_offer(events: list[tuple[str, Any]]) -> dict[str, Any]:
     return [p for t, p in events if t.startswith("refnet.agency.") and "attempt" in p][-1]
 
 
-async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(
-    matching_pool: asyncpg.Pool,
-) -> None:
+@pytest_asyncio.fixture(loop_scope="session")
+async def deps(matching_pool: asyncpg.Pool) -> Deps:
+    """Matching's dependencies over a directory of three peer-support agencies."""
     await given_a_directory(matching_pool)
-    deps = Deps(matching_pool, CLOCK, settings())
+    return Deps(matching_pool, CLOCK, settings())
+
+
+async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(
+    deps: Deps,
+) -> None:
     need = a_need()
 
     await handle_need_submitted(deps, envelope(need))
 
-    events = await emitted(matching_pool, need.need_id)
+    events = await emitted(deps.pool, need.need_id)
     assert statuses(events) == ["submitted", "offered"]
     offer = last_offer(events)
     assert offer["agency_id"] == "ag-near"
@@ -104,10 +110,8 @@ async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(
 
 
 async def test_declined_and_expired_offers_go_to_the_next_agency_then_unmatched(
-    matching_pool: asyncpg.Pool,
+    deps: Deps,
 ) -> None:
-    await given_a_directory(matching_pool)
-    deps = Deps(matching_pool, CLOCK, settings())
     need = a_need()
     await handle_need_submitted(deps, envelope(need))
 
@@ -119,19 +123,19 @@ async def test_declined_and_expired_offers_go_to_the_next_agency_then_unmatched(
         }
         return envelope(kind(**ids, **extra))
 
-    first = last_offer(await emitted(matching_pool, need.need_id))
+    first = last_offer(await emitted(deps.pool, need.need_id))
     await handle_offer_response(
         deps,
         answer(OfferDeclined, first, reason=DeclineReason.NO_CAPACITY, declined_at=CLOCK.now()),
     )
-    second = last_offer(await emitted(matching_pool, need.need_id))
+    second = last_offer(await emitted(deps.pool, need.need_id))
     await handle_offer_response(deps, answer(OfferExpired, second, expired_at=CLOCK.now()))
-    third = last_offer(await emitted(matching_pool, need.need_id))
+    third = last_offer(await emitted(deps.pool, need.need_id))
     await handle_offer_response(
         deps, answer(OfferDeclined, third, reason=DeclineReason.OTHER, declined_at=CLOCK.now())
     )
 
-    events = await emitted(matching_pool, need.need_id)
+    events = await emitted(deps.pool, need.need_id)
     assert [first["agency_id"], second["agency_id"], third["agency_id"]] == AGENCIES
     assert statuses(events) == [
         "submitted",
@@ -149,12 +153,12 @@ async def test_declined_and_expired_offers_go_to_the_next_agency_then_unmatched(
     assert [w["agency_id"] for w in withdrawn] == ["ag-wide"], "the expired offer is withdrawn"
 
 
-async def test_a_late_or_repeated_answer_changes_nothing(matching_pool: asyncpg.Pool) -> None:
-    await given_a_directory(matching_pool)
-    deps = Deps(matching_pool, CLOCK, settings())
+async def test_a_late_or_repeated_answer_changes_nothing(
+    deps: Deps,
+) -> None:
     need = a_need()
     await handle_need_submitted(deps, envelope(need))
-    offer = last_offer(await emitted(matching_pool, need.need_id))
+    offer = last_offer(await emitted(deps.pool, need.need_id))
     accepted = envelope(
         OfferAccepted(
             offer_id=offer["offer_id"],
@@ -169,15 +173,17 @@ async def test_a_late_or_repeated_answer_changes_nothing(matching_pool: asyncpg.
     await handle_offer_response(deps, envelope(accepted.event))  # the same answer, new event id
     await handle_need_submitted(deps, envelope(need))  # the need itself re-sent
 
-    assert statuses(await emitted(matching_pool, need.need_id)) == [
+    assert statuses(await emitted(deps.pool, need.need_id)) == [
         "submitted",
         "offered",
         "accepted",
     ]
 
 
-async def test_an_answer_for_an_unknown_need_is_poison(matching_pool: asyncpg.Pool) -> None:
-    deps = Deps(matching_pool, CLOCK, settings())
+async def test_an_answer_for_an_unknown_need_is_poison(
+    deps: Deps,
+) -> None:
+    deps = Deps(deps.pool, CLOCK, settings())
     stray = OfferAccepted(
         offer_id=uuid4(), need_id=uuid4(), agency_id="ag-near", accepted_at=CLOCK.now()
     )
@@ -186,10 +192,8 @@ async def test_an_answer_for_an_unknown_need_is_poison(matching_pool: asyncpg.Po
 
 
 async def test_a_need_with_no_agency_in_its_category_is_unmatched_at_once(
-    matching_pool: asyncpg.Pool,
+    deps: Deps,
 ) -> None:
-    await given_a_directory(matching_pool)
-    deps = Deps(matching_pool, CLOCK, settings())
     need = a_need(NeedCategory.CHILD_CARE)
     await handle_need_submitted(deps, envelope(need))
-    assert statuses(await emitted(matching_pool, need.need_id)) == ["submitted", "unmatched"]
+    assert statuses(await emitted(deps.pool, need.need_id)) == ["submitted", "unmatched"]

@@ -34,14 +34,20 @@ def sink(tmp_path: Path) -> Iterator[SmtpSink]:
     smtp.stop()
 
 
-def deps_for(pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
+
+
+@pytest.fixture
+def deps(notifications_pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
     settings = NotificationsSettings(
         database_url="postgresql://unused",
         kafka_bootstrap_servers="unused",
         smtp_host="127.0.0.1",
         smtp_port=sink.port,
     )
-    return Deps(pool, clock, settings, Mailer(settings))
+    return Deps(notifications_pool, clock, settings, Mailer(settings))
 
 
 async def given_a_due_reminder(pool: asyncpg.Pool, clock: ManualClock) -> NeedSubmitted:
@@ -60,11 +66,9 @@ async def given_a_due_reminder(pool: asyncpg.Pool, clock: ManualClock) -> NeedSu
 
 
 async def test_two_senders_racing_deliver_a_reminder_once(
-    notifications_pool: asyncpg.Pool, sink: SmtpSink
+    deps: Deps, sink: SmtpSink, clock: ManualClock
 ) -> None:
-    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
-    deps = deps_for(notifications_pool, sink, clock)
-    await given_a_due_reminder(notifications_pool, clock)
+    await given_a_due_reminder(deps.pool, clock)
 
     for _ in range(5):
         await asyncio.gather(run_due_jobs(deps), run_due_jobs(deps))
@@ -73,28 +77,25 @@ async def test_two_senders_racing_deliver_a_reminder_once(
 
 
 async def test_a_crashed_senders_job_is_retried_after_its_lease(
-    notifications_pool: asyncpg.Pool, sink: SmtpSink
+    deps: Deps, sink: SmtpSink, clock: ManualClock
 ) -> None:
-    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
-    deps = deps_for(notifications_pool, sink, clock)
-    await given_a_due_reminder(notifications_pool, clock)
-    async with notifications_pool.acquire() as conn:  # a sender claims it, then dies
-        assert len(await repo.claim_due_jobs(conn, clock.now(), timedelta(seconds=600), 10)) == 1
+    await given_a_due_reminder(deps.pool, clock)
+    async with deps.pool.acquire() as conn:  # a sender claims it, then dies
+        lease = timedelta(seconds=deps.settings.scheduler_lease_s)
+        assert len(await repo.claim_due_jobs(conn, clock.now(), lease, 10)) == 1
 
     assert await run_due_jobs(deps) == 0
-    clock.advance(timedelta(seconds=601))
+    clock.advance(lease + timedelta(seconds=1))
     assert await run_due_jobs(deps) == 1
     assert len(sink.messages) == 1
 
 
 async def test_a_send_logged_before_a_crash_is_not_repeated(
-    notifications_pool: asyncpg.Pool, sink: SmtpSink
+    deps: Deps, sink: SmtpSink, clock: ManualClock
 ) -> None:
-    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
-    deps = deps_for(notifications_pool, sink, clock)
-    need = await given_a_due_reminder(notifications_pool, clock)
+    need = await given_a_due_reminder(deps.pool, clock)
     key = str(job_id(need.need_id, JobKind.AFTERCARE_REMINDER, 1))
-    async with notifications_pool.acquire() as conn:  # sent and logged, but never marked done
+    async with deps.pool.acquire() as conn:  # sent and logged, but never marked done
         await repo.log_delivery(conn, key, "email", "worker@refnet.local", "s", 1, clock.now())
 
     assert await run_due_jobs(deps) == 1
@@ -103,12 +104,10 @@ async def test_a_send_logged_before_a_crash_is_not_repeated(
 
 
 async def test_a_job_that_keeps_failing_is_marked_failed_not_retried_forever(
-    notifications_pool: asyncpg.Pool, sink: SmtpSink
+    deps: Deps, sink: SmtpSink, clock: ManualClock
 ) -> None:
-    clock = ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
-    deps = deps_for(notifications_pool, sink, clock)
     unknown_need = need_submitted(NeedCategory.AFTERCARE, at=clock.now())  # never remembered
-    async with notifications_pool.acquire() as conn:
+    async with deps.pool.acquire() as conn:
         await repo.schedule(
             conn, uuid4(), JobKind.AFTERCARE_REMINDER, unknown_need.need_id, clock.now()
         )
@@ -117,7 +116,7 @@ async def test_a_job_that_keeps_failing_is_marked_failed_not_retried_forever(
         await run_due_jobs(deps)
         clock.advance(timedelta(days=1))
 
-    async with notifications_pool.acquire() as conn:
+    async with deps.pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT status, attempts, last_error FROM scheduled_jobs WHERE need_id = $1",
             unknown_need.need_id,
