@@ -92,19 +92,55 @@ class Event(BaseModel):
     schema_version: ClassVar[int] = 1
 
 
+class RecoveryStage(StrEnum):
+    SEEKING_TREATMENT = "seeking-treatment"
+    IN_TREATMENT = "in-treatment"
+    EARLY_RECOVERY = "early-recovery"  # under a year
+    SUSTAINED_RECOVERY = "sustained-recovery"
+    AFTERCARE = "aftercare"
+
+
+class Insurance(StrEnum):
+    MEDICAID = "medicaid"
+    MEDICARE = "medicare"
+    PRIVATE = "private"
+    NONE = "none"
+
+
+class Constraints(BaseModel):
+    """What agencies use to decide whether they can serve the person. Coarse on purpose."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    has_transportation: bool = False
+    needs_child_care: bool = False
+    gender_specific_preferred: bool = False
+    mat_friendly_required: bool = False  # a provider that accepts medication-assisted treatment
+    insurance: Insurance = Insurance.NONE
+
+
+class ConsentRecipients(StrEnum):
+    NETWORK = "network"  # every network agency offering the consented categories
+    NAMED = "named"  # only the agencies in named_agencies
+
+
 class ConsentScope(BaseModel):
     """What the person agreed to share and with whom; enough for matching to gate offers."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     consent_id: UUID
+    version: int = 1
     categories: frozenset[NeedCategory]
-    # "network": every network agency offering the categories above.
-    recipients: str = "network"
+    recipients: ConsentRecipients = ConsentRecipients.NETWORK
+    named_agencies: frozenset[str] = frozenset()
     expires_on: date
 
     def covers(self, category: NeedCategory, on: date) -> bool:
         return category in self.categories and on <= self.expires_on
+
+    def allows_recipient(self, agency_id: str) -> bool:
+        return self.recipients == ConsentRecipients.NETWORK or agency_id in self.named_agencies
 
 
 class Referrer(BaseModel):
@@ -124,7 +160,12 @@ class NeedSubmitted(Event):
     category: NeedCategory
     urgency: Urgency
     postal_code: str = Field(pattern=r"^\d{5}$")
+    county: str | None = None
     languages: tuple[str, ...]
+    # Whole years; 90 stands for 90 or older (HIPAA safe harbor never sends a higher age).
+    age_years: int | None = Field(default=None, ge=0, le=90)
+    recovery_stage: RecoveryStage | None = None
+    constraints: Constraints = Constraints()
     consent: ConsentScope
     referrer: Referrer
     submitted_at: AwareDatetime
@@ -148,7 +189,11 @@ class ReferralOffered(Event):
     category: NeedCategory
     urgency: Urgency
     postal_code: str
+    county: str | None = None
     languages: tuple[str, ...]
+    age_years: int | None = None
+    recovery_stage: RecoveryStage | None = None
+    constraints: Constraints = Constraints()
     respond_by: AwareDatetime
     explanation: tuple[MatchFactor, ...] = ()
 
@@ -214,6 +259,17 @@ class ReferralStatusChanged(Event):
     respond_by: AwareDatetime | None = None
     reason: str | None = None
     excluded: tuple[ExcludedAgency, ...] = ()
+
+
+class ConsentRevoked(Event):
+    """The person withdrew a consent: every open referral under it is to be cancelled, and
+    nothing more may be disclosed under it."""
+
+    ce_type: ClassVar[str] = "org.refnet.consent.revoked"
+
+    consent_id: UUID
+    person_ref: UUID
+    revoked_at: AwareDatetime
 
 
 def offer_id_for(need_id: UUID, attempt: int) -> UUID:

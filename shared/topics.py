@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from shared.events import (
+    ConsentRevoked,
     Event,
     NeedSubmitted,
     OfferAccepted,
@@ -46,8 +47,12 @@ OFFER_RESPONSES = TopicSpec(
 )
 REFERRAL_EVENTS = TopicSpec("refnet.referral-events.v1", "need_id", (ReferralStatusChanged,))
 
+CONSENT_EVENTS = TopicSpec("refnet.consent-events.v1", "person_ref", (ConsentRevoked,))
+
 # Topics whose partitions must line up: one matching worker sees everything about a need.
 CO_PARTITIONED: tuple[TopicSpec, ...] = (NEEDS, OFFER_RESPONSES, REFERRAL_EVENTS)
+# Every fixed-name topic the platform creates (agency topics are created per agency).
+PLATFORM_TOPICS: tuple[TopicSpec, ...] = (*CO_PARTITIONED, CONSENT_EVENTS)
 
 
 def agency_offers(agency_id: str) -> TopicSpec:
