@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     listen.add_argument("--max-offers", type=int, default=None, help="exit after this many")
     key = agency.add_parser("key", help="issue an API key for the agency HTTP API")
     key.add_argument("agency_id")
+    _add_user_commands(commands)
+    pii = commands.add_parser("pii", help="intake's encrypted identifiers").add_subparsers(
+        dest="pii_command", required=True
+    )
+    pii.add_parser("reseal", help="re-encrypt everything under PII_ENCRYPTION_KEY (rotation)")
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -43,10 +48,72 @@ def main(argv: list[str] | None = None) -> None:
         _migrate()
     elif args.command == "topics":
         _topics()
+    elif args.command == "users":
+        _users(args)
+    elif args.command == "pii":
+        _reseal()
     elif args.agency_command == "listen":
         asyncio.run(_listen(args.agency_id, args.accept, args.max_offers))
     elif args.agency_command == "key":
         print(asyncio.run(_issue_key(args.agency_id)))
+
+
+def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    users = commands.add_parser("users", help="intake worker accounts").add_subparsers(
+        dest="users_command", required=True
+    )
+    add = users.add_parser("add", help="add a worker, or reset one's password and role")
+    add.add_argument("email")
+    add.add_argument("--name", required=True, help="shown in the header and audit trail")
+    add.add_argument("--role", choices=("intake_worker", "admin"), default="intake_worker")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    disable = users.add_parser("disable", help="stop a worker logging in or using tokens")
+    disable.add_argument("email")
+    token = users.add_parser("token", help="issue an API token for the intake JSON API")
+    token.add_argument("email")
+    token.add_argument("--label", default="api", help="what the token is for")
+
+
+def _users(args: argparse.Namespace) -> None:
+    from services.intake import admin
+
+    url = _setting("DATABASE_URL")
+    try:
+        if args.users_command == "add":
+            password = _new_password(args.password_stdin)
+            asyncio.run(admin.add_user(url, args.email, args.name, args.role, password))
+            print(f"worker {args.email} ({args.role}) is ready")
+        elif args.users_command == "disable":
+            asyncio.run(admin.disable_user(url, args.email))
+            print(f"worker {args.email} is disabled; their tokens are revoked")
+        elif args.users_command == "token":
+            token = asyncio.run(admin.issue_token(url, args.email, args.label))
+            print(token)
+    except admin.AdminError as exc:
+        sys.exit(f"refnet users {args.users_command}: {exc}")
+
+
+def _new_password(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        sys.exit("refnet users add: the passwords differ")
+    return first
+
+
+def _reseal() -> None:
+    from services.intake import admin
+    from services.intake.settings import IntakeSettings
+    from shared.settings import load_settings
+
+    settings = load_settings(IntakeSettings)
+    count = asyncio.run(admin.reseal(settings.database_url, settings.pii_keys))
+    print(f"re-sealed {count} value(s) under the current key")
 
 
 def _setting(name: str, default: str | None = None) -> str:
@@ -167,12 +234,12 @@ def _migrate() -> None:
 
 def _topics() -> None:
     from shared.kafka import ensure_topics, topics_with_dlqs
-    from shared.topics import CO_PARTITIONED
+    from shared.topics import PLATFORM_TOPICS
 
     created = asyncio.run(
         ensure_topics(
             _setting("KAFKA_BOOTSTRAP_SERVERS"),
-            topics_with_dlqs(CO_PARTITIONED),
+            topics_with_dlqs(PLATFORM_TOPICS),
             int(_setting("KAFKA_PARTITIONS", "3")),
             int(_setting("KAFKA_REPLICATION_FACTOR", "1")),
         )

@@ -24,7 +24,7 @@ from shared.db import migrate
 from shared.embedded import free_port, port_is_open, spawn, stop_process
 from shared.infra import Infrastructure, provision
 from shared.kafka import ensure_topics, topics_with_dlqs
-from shared.topics import CO_PARTITIONED
+from shared.topics import PLATFORM_TOPICS
 
 SERVICES = ("intake", "matching", "notifications")
 MIGRATIONS = {name: Path(__file__).parent / name / "migrations" for name in SERVICES}
@@ -122,16 +122,20 @@ class LocalStack:
     @property
     def secrets(self) -> dict[str, str]:
         path = self.run_dir / "secrets.json"
-        if not path.exists():
-            values = {
-                "SECRET_KEY": secrets.token_urlsafe(48),
-                "PII_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-                "DEMO_WORKER_PASSWORD": secrets.token_urlsafe(12),
-            }
+        wanted = {
+            "SECRET_KEY": lambda: secrets.token_urlsafe(48),
+            "PII_ENCRYPTION_KEY": lambda: Fernet.generate_key().decode(),
+            "PII_INDEX_KEY": lambda: Fernet.generate_key().decode(),
+            "DEMO_WORKER_PASSWORD": lambda: secrets.token_urlsafe(12),
+        }
+        values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        # A run directory from an older version gains the secrets added since.
+        missing = {name: make() for name, make in wanted.items() if name not in values}
+        if missing:
+            values.update(missing)
             path.touch(mode=0o600)
             path.write_text(json.dumps(values, indent=2))
-        loaded: dict[str, str] = json.loads(path.read_text())
-        return loaded
+        return values
 
     def service_env(self, name: str) -> dict[str, str]:
         assert self.infra is not None
@@ -184,4 +188,4 @@ def prepare(database_url: str, bootstrap_servers: str, partitions: int) -> None:
     """Migrate every service's schema and create every refnet topic with its DLQ."""
     for name, migrations in MIGRATIONS.items():
         migrate(database_url, name, migrations)
-    asyncio.run(ensure_topics(bootstrap_servers, topics_with_dlqs(CO_PARTITIONED), partitions))
+    asyncio.run(ensure_topics(bootstrap_servers, topics_with_dlqs(PLATFORM_TOPICS), partitions))

@@ -7,15 +7,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from uuid import uuid4
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
+from services.intake import api, routes
 from services.intake import repository as repo
-from services.intake.handlers import STATUS_CONSUMER, record_referral_status
-from services.intake.routes import router
-from services.intake.security import PiiCipher, hash_password
+from services.intake.handlers import STATUS_CONSUMER, Crypto, record_referral_status
+from services.intake.security import PersonIndex, PiiCipher, hash_password
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
 from shared.db import create_pool
@@ -78,10 +80,22 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
             await producer.stop()
             await pool.close()
 
-    app = FastAPI(title="refnet intake", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="refnet intake API",
+        version="1",
+        description="Submit recovery intakes and follow their referrals. Authenticate with a "
+        "worker token from `refnet users token EMAIL`.",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.clock = clock
-    app.state.cipher = PiiCipher(settings.pii_encryption_key.get_secret_value())
+    app.state.crypto = Crypto(
+        PiiCipher(settings.pii_keys), PersonIndex(settings.pii_index_key.get_secret_value())
+    )
+    app.state.cipher = app.state.crypto.cipher
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.secret_key.get_secret_value(),
@@ -90,7 +104,10 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
         same_site="strict",
         https_only=not settings.is_local,
     )
-    app.include_router(router)
+    static = Path(__file__).parent / "static"
+    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.include_router(routes.router)
+    app.include_router(api.router)
     return app
 
 

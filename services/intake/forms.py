@@ -1,176 +1,198 @@
-"""The intake form: parsing the posted fields into a validated model, or into errors keyed
-by the form field's name so each can be shown beside its field."""
+"""The HTML intake form: its flat, dotted field names mapped onto the IntakeRequest model,
+and the model's errors mapped back onto those names so each shows beside its field."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
-from typing import Annotated, Any
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+from uuid import UUID
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    EmailStr,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import ValidationError
+
+from services.intake.models import FIELD_ERROR_PREFIX, IntakeRequest, check_dates
+
+MIN_NEED_ROWS = 3
+MAX_NEED_ROWS = 20
+CHECKED = "yes"
+CONSTRAINT_FLAGS = (
+    "has_transportation",
+    "needs_child_care",
+    "gender_specific_preferred",
+    "mat_friendly_required",
 )
 
-from shared.events import CATEGORY_LABELS, NeedCategory, Urgency
-
-NEED_ROWS = 4
-LANGUAGES = {
-    "en": "English",
-    "es": "Spanish",
-    "vi": "Vietnamese",
-    "ru": "Russian",
-    "zh": "Chinese",
-    "so": "Somali",
-    "ar": "Arabic",
-}
-CONSENT_PURPOSE = "Referral to recovery support services and follow-up on those referrals"
-MAX_CONSENT_YEARS = 3
-
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-
-# What to tell the worker, per field, instead of the validator's generic wording.
+# What to tell the worker, by the field's own name, instead of the validator's wording.
 FIELD_MESSAGES = {
-    "given_name": "Enter the person's first name.",
-    "family_name": "Enter the person's last name.",
+    "submission_id": "The form was damaged. Reload the page and start again.",
+    "legal_given_name": "Enter the person's legal first name.",
+    "legal_family_name": "Enter the person's legal last name.",
+    "preferred_name": "Keep the preferred name under 100 characters.",
+    "date_of_birth": "Enter a date of birth in the past, like 1985-04-23.",
     "email": "Enter an email address like name@example.org, or leave it empty.",
     "phone": "Enter a phone number with 10 digits, like 503-555-0100, or leave it empty.",
+    "preferred_channel": "Choose how the person wants to be contacted.",
+    "contact_from": "Enter a time like 09:00, or leave both contact times empty.",
+    "contact_until": "Enter a time like 17:00, or leave both contact times empty.",
+    "languages": "Choose at least one language.",
     "postal_code": "Enter a 5-digit ZIP code, like 97214.",
-    "preferred_language": "Choose a language from the list.",
-    "consent_given": "The person must consent before their needs can be shared with agencies.",
-    "consent_expires_on": "Enter an expiry date after today and at most 3 years ahead.",
+    "county": "Keep the county under 60 characters.",
+    "stage": "Choose where the person is in recovery.",
+    "barc10": "Rate every BARC-10 statement from 1 to 6, or leave all ten unrated.",
+    "needs": "Add at least one need.",
     "category": "Choose a category from the list.",
     "urgency": "Choose routine, soon or urgent.",
+    "note": "Keep the note under 500 characters.",
+    "insurance": "Choose the person's insurance, or None.",
+    "confirmed": "The person must consent before their needs can be shared.",
+    "recipients": "Choose who may receive the needs.",
+    "named_agencies": "Enter agency ids like ag-004, separated by commas.",
+    "expires_on": "Enter an expiry date after today and at most 3 years ahead.",
+    "expiry_event": "Choose an event from the list, or none.",
+    "signature": "The person signs by typing their full name.",
+    "signed_on": "The consent is signed today; enter today's date.",
 }
 
 
-class NeedInput(BaseModel):
-    category: NeedCategory
-    urgency: Urgency
+class FormValues:
+    """Posted values by field name; a name may repeat (checkbox groups)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, Any]]) -> None:
+        self._values: dict[str, list[str]] = {}
+        for name, value in pairs:
+            if isinstance(value, str):
+                self._values.setdefault(name, []).append(value)
+
+    def get(self, name: str, default: str = "") -> str:
+        values = self._values.get(name)
+        return values[0].strip() if values else default
+
+    def all(self, name: str) -> list[str]:
+        return self._values.get(name, [])
+
+    def checked(self, name: str) -> bool:
+        return self.get(name) == CHECKED
+
+    def need_row_count(self) -> int:
+        wanted = int(self.get("need_rows", "0")) if self.get("need_rows").isdigit() else 0
+        return max(MIN_NEED_ROWS, min(wanted, MAX_NEED_ROWS))
 
 
-class IntakeForm(BaseModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
-
-    given_name: Name
-    family_name: Name
-    email: EmailStr | None = None
-    phone: str | None = None
-    street_address: Annotated[str, StringConstraints(max_length=200)] | None = None
-    postal_code: str = Field(pattern=r"^\d{5}(-\d{4})?$")
-    preferred_language: str
-    needs: list[NeedInput] = Field(min_length=1)
-    consent_given: bool
-    consent_expires_on: date
-    today: date = Field(exclude=True)
-
-    @field_validator("email", "phone", "street_address", mode="before")
-    @classmethod
-    def _blank_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("phone")
-    @classmethod
-    def _ten_digits(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        digits = "".join(ch for ch in value if ch.isdigit())
-        if len(digits) == 11 and digits.startswith("1"):
-            digits = digits[1:]
-        if len(digits) != 10:
-            raise ValueError("a US phone number has 10 digits")
-        return f"{digits[:3]}-{digits[3:6]}-{digits[6:]}"
-
-    @field_validator("preferred_language")
-    @classmethod
-    def _known_language(cls, value: str) -> str:
-        if value not in LANGUAGES:
-            raise ValueError("unknown language")
-        return value
-
-    @field_validator("consent_given")
-    @classmethod
-    def _consent_required(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("consent is required")
-        return value
-
-    @model_validator(mode="after")
-    def _cross_field_rules(self) -> IntakeForm:
-        latest = self.today + timedelta(days=366 * MAX_CONSENT_YEARS)
-        if not self.today < self.consent_expires_on <= latest:
-            raise _FieldError("consent_expires_on")
-        if self.email is None and self.phone is None:
-            raise _FieldError("email", "Enter an email address or a phone number.")
-        return self
-
-    @property
-    def zip5(self) -> str:
-        return self.postal_code[:5]
-
-    @property
-    def categories(self) -> frozenset[NeedCategory]:
-        return frozenset(need.category for need in self.needs)
-
-
-class _FieldError(ValueError):
-    def __init__(self, field: str, message: str | None = None) -> None:
-        super().__init__(message or FIELD_MESSAGES[field])
-        self.field = field
-
-
-def need_rows(form: dict[str, str]) -> list[tuple[int, dict[str, str]]]:
-    """The need rows the worker filled in: (row number, fields). A row counts when it names a
-    category; its urgency defaults to routine."""
-    rows = []
-    for i in range(NEED_ROWS):
-        category = form.get(f"needs-{i}-category", "").strip()
-        if category:
-            urgency = form.get(f"needs-{i}-urgency") or "routine"
-            rows.append((i, {"category": category, "urgency": urgency}))
-    return rows
-
-
-def parse_intake_form(
-    form: dict[str, str], today: date
-) -> tuple[IntakeForm | None, dict[str, str]]:
-    """Return the validated form, or None and {form field name: message}."""
-    rows = need_rows(form)
-    data = {
-        **{k: v for k, v in form.items() if not k.startswith("needs-")},
-        "needs": [fields for _, fields in rows],
-        "consent_given": form.get("consent_given") == "yes",
-        "consent_expires_on": form.get("consent_expires_on") or None,
-        "today": today,
+def to_request_data(form: FormValues) -> tuple[dict[str, Any], list[int]]:
+    """The nested dict IntakeRequest validates, and the form row number of each need kept."""
+    need_rows = [i for i in range(form.need_row_count()) if form.get(f"needs.{i}.category")]
+    data: dict[str, Any] = {
+        "submission_id": form.get("submission_id"),
+        "person": {
+            **_section(form, "person", PERSON_TEXT_FIELDS),
+            "languages": form.all("person.languages"),
+        },
+        "recovery": {"stage": form.get("recovery.stage"), "barc10": _barc10(form)},
+        "needs": [_section(form, f"needs.{i}", ("category", "urgency", "note")) for i in need_rows],
+        "constraints": {
+            **{flag: form.checked(f"constraints.{flag}") for flag in CONSTRAINT_FLAGS},
+            "insurance": form.get("constraints.insurance") or "none",
+        },
+        "consent": {
+            **_section(form, "consent", CONSENT_TEXT_FIELDS),
+            "confirmed": form.checked("consent.confirmed"),
+            "named_agencies": [
+                a.strip() for a in form.get("consent.named_agencies").split(",") if a.strip()
+            ],
+        },
+        **_person_choice(form.get("person_match")),
     }
+    for row in data["needs"]:
+        row["urgency"] = row["urgency"] or "routine"
+    return data, need_rows
+
+
+PERSON_TEXT_FIELDS = (
+    "legal_given_name",
+    "legal_family_name",
+    "preferred_name",
+    "date_of_birth",
+    "email",
+    "phone",
+    "preferred_channel",
+    "contact_from",
+    "contact_until",
+    "postal_code",
+    "county",
+)
+CONSENT_TEXT_FIELDS = (
+    "recipients",
+    "expires_on",
+    "expiry_event",
+    "signature",
+    "signed_on",
+)
+
+
+def _section(form: FormValues, prefix: str, names: Iterable[str]) -> dict[str, Any]:
+    # An empty optional field is absent, so the model's default (None) applies.
+    return {name: form.get(f"{prefix}.{name}") or None for name in names}
+
+
+def _barc10(form: FormValues) -> list[str] | None:
+    ratings = [form.get(f"recovery.barc10.{i}") for i in range(10)]
+    return None if not any(ratings) else ratings
+
+
+def _person_choice(choice: str) -> dict[str, Any]:
+    if choice == "new":
+        return {"new_person": True}
+    if choice.startswith("reuse:"):
+        try:
+            return {"reuse_person_id": UUID(choice.removeprefix("reuse:"))}
+        except ValueError:
+            return {}
+    return {}
+
+
+def parse_intake_form(form: FormValues, today: date) -> tuple[IntakeRequest | None, dict[str, str]]:
+    """Return the validated request, or None and {form field name: message}."""
+    data, need_rows = to_request_data(form)
     try:
-        return IntakeForm.model_validate(data), {}
+        request = IntakeRequest.model_validate(data)
     except ValidationError as exc:
-        return None, _errors_by_field(exc, [i for i, _ in rows])
+        return None, errors_by_field(exc, need_rows)
+    errors = check_dates(request, today)
+    return (None, errors) if errors else (request, {})
 
 
-def _errors_by_field(exc: ValidationError, row_numbers: list[int]) -> dict[str, str]:
+def errors_by_field(exc: ValidationError, need_rows: list[int] | None = None) -> dict[str, str]:
     errors: dict[str, str] = {}
     for err in exc.errors():
-        loc = err["loc"]
-        ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _FieldError):
-            errors.setdefault(ctx_error.field, str(ctx_error))
-        elif loc and loc[0] == "needs" and len(loc) >= 3:
-            field = f"needs-{row_numbers[int(loc[1])]}-{loc[2]}"
-            errors.setdefault(field, FIELD_MESSAGES[str(loc[2])])
-        elif loc and loc[0] == "needs":
-            errors.setdefault("needs-0-category", "Add at least one need.")
-        elif loc:
-            name = str(loc[0])
-            errors.setdefault(name, FIELD_MESSAGES.get(name, err["msg"]))
+        path = [str(part) for part in err["loc"]]
+        if err["type"].startswith(FIELD_ERROR_PREFIX):
+            field = err["type"].removeprefix(FIELD_ERROR_PREFIX)
+            if path[-1:] != [field]:  # a model-level rule names its field itself
+                path.append(field)
+            message = err["msg"]
+        else:
+            message = _message_for(path, err["msg"])
+        errors.setdefault(_form_field(path, need_rows), message)
     return errors
 
 
-CATEGORY_CHOICES = [(c.value, CATEGORY_LABELS[c]) for c in NeedCategory]
-URGENCY_CHOICES = [(u.value, u.value.capitalize()) for u in Urgency]
+def _message_for(path: list[str], default: str) -> str:
+    names = [p for p in path if not p.isdigit()]
+    return FIELD_MESSAGES.get(names[-1], default) if names else default
+
+
+def _form_field(path: list[str], need_rows: list[int] | None) -> str:
+    """The form field an error belongs to: need indexes become form row numbers, and a
+    BARC-10 error points at the first rating."""
+    if path[:1] == ["needs"] and len(path) >= 3 and need_rows is not None:
+        path = ["needs", str(need_rows[int(path[1])]), *path[2:]]
+    elif path == ["needs"]:
+        path = ["needs", "0", "category"]
+    elif path == ["recovery", "barc10"]:
+        path = ["recovery", "barc10", "0"]
+    return ".".join(path)
+
+
+def field_id(name: str) -> str:
+    """An HTML id for a dotted field name (dots would need escaping in CSS selectors)."""
+    return name.replace(".", "-")

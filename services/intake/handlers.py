@@ -3,84 +3,261 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from services.intake import repository as repo
-from services.intake.forms import CONSENT_PURPOSE, IntakeForm
-from services.intake.security import PiiCipher
+from services.intake.models import (
+    CONSENT_FORM_VERSION,
+    CONSENT_INFORMATION,
+    CONSENT_PURPOSE,
+    IntakeRequest,
+    age_on,
+)
+from services.intake.security import PersonIndex, PiiCipher
 from shared import outbox
 from shared.clock import Clock
 from shared.cloudevents import Envelope
-from shared.events import ConsentScope, NeedSubmitted, ReferralStatusChanged, Referrer
+from shared.events import (
+    ConsentRevoked,
+    ConsentScope,
+    NeedSubmitted,
+    ReferralStatusChanged,
+    Referrer,
+)
 from shared.inbox import first_delivery
-from shared.topics import NEEDS
+from shared.topics import CONSENT_EVENTS, NEEDS
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/refnet/intake"
 STATUS_CONSUMER = "intake.referral-status"
+DISCLOSER = "refnet referral network (intake service)"
+ACCOUNTING_YEARS = 3
+# The short notice 42 CFR 2.32(a)(2) allows with every disclosure.
+REDISCLOSURE_NOTICE = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+
+
+@dataclass(frozen=True)
+class Crypto:
+    cipher: PiiCipher
+    index: PersonIndex
+
+
+@dataclass(frozen=True)
+class Submitted:
+    intake_id: UUID
+    created: bool  # False when this submission had already made the intake
+
+
+@dataclass(frozen=True)
+class KnownPerson:
+    """Someone with this name and date of birth is on record: the worker decides."""
+
+    candidates: list[dict[str, Any]]
+
+
+class NotThatPerson(ValueError):
+    """reuse_person_id names a person whose name and date of birth differ from the form's."""
 
 
 async def submit_intake(
     pool: asyncpg.Pool,
-    cipher: PiiCipher,
+    crypto: Crypto,
     clock: Clock,
     worker: asyncpg.Record,
-    form: IntakeForm,
-) -> UUID:
+    request: IntakeRequest,
+) -> Submitted | KnownPerson:
     """Write the person, consent, intake, needs and one NeedSubmitted per need in ONE
-    transaction: either all of it exists and will be published, or none of it."""
-    now = clock.now()
-    person_id, person_ref, consent_id, intake_id = uuid4(), uuid4(), uuid4(), uuid4()
-    pii = cipher.seal(
-        {
-            "given_name": form.given_name,
-            "family_name": form.family_name,
-            "email": form.email,
-            "phone": form.phone,
-            "street_address": form.street_address,
-        }
+    transaction. The same submission_id always yields the same single intake."""
+    person = request.person
+    match_key = crypto.index.match_key(
+        person.legal_given_name, person.legal_family_name, person.date_of_birth
     )
-    consent = ConsentScope(
-        consent_id=consent_id, categories=form.categories, expires_on=form.consent_expires_on
+    async with pool.acquire() as conn, conn.transaction():
+        existing = await repo.lock_submission(conn, request.submission_id)
+        if existing is not None:
+            return Submitted(existing, created=False)
+        person_id, person_ref = await _person_for(conn, crypto, request, match_key)
+        if person_id is None:
+            known = await repo.persons_by_match_key(conn, match_key)
+            return KnownPerson([_candidate(crypto.cipher, row) for row in known])
+        intake_id = await _write_intake(
+            conn, crypto, clock, worker, request, person_id, person_ref, match_key
+        )
+    log.info("intake %s submitted with %d needs", intake_id, len(request.needs))
+    return Submitted(intake_id, created=True)
+
+
+async def _person_for(
+    conn: asyncpg.Connection, crypto: Crypto, request: IntakeRequest, match_key: bytes
+) -> tuple[UUID | None, UUID]:
+    """The person this intake is for: a new one, the one the worker chose to reuse, or None
+    when a match must be offered first."""
+    if request.reuse_person_id is not None:
+        found = await repo.person_by_id(conn, request.reuse_person_id)
+        if found is None or found["match_key"] != match_key:
+            raise NotThatPerson(str(request.reuse_person_id))
+        await repo.lock_person(conn, found["person_id"])
+        return found["person_id"], found["person_ref"]
+    if not request.new_person and await repo.persons_by_match_key(conn, match_key):
+        return None, uuid4()
+    return uuid4(), uuid4()
+
+
+def _candidate(cipher: PiiCipher, row: asyncpg.Record) -> dict[str, Any]:
+    pii = cipher.open(row["pii"], row["person_id"])
+    return {
+        "person_id": row["person_id"],
+        "name": f"{pii['legal_given_name']} {pii['legal_family_name']}",
+        "date_of_birth": pii["date_of_birth"],
+        "postal_code": row["postal_code"],
+        "last_intake_at": row["last_intake_at"],
+    }
+
+
+async def _write_intake(
+    conn: asyncpg.Connection,
+    crypto: Crypto,
+    clock: Clock,
+    worker: asyncpg.Record,
+    request: IntakeRequest,
+    person_id: UUID,
+    person_ref: UUID,
+    match_key: bytes,
+) -> UUID:
+    now = clock.now()
+    person, consent_in = request.person, request.consent
+    await repo.save_person(
+        conn,
+        person_id,
+        person_ref,
+        crypto.cipher.seal(_identifiers(request), person_id),
+        match_key,
+        {
+            "postal_code": person.zip5,
+            "county": person.county,
+            "languages": list(person.languages),
+            "preferred_channel": person.preferred_channel.value,
+            "contact_from": person.contact_from,
+            "contact_until": person.contact_until,
+        },
+        now,
+    )
+    consent_id = uuid4()
+    version = await repo.insert_consent(
+        conn,
+        {
+            "consent_id": consent_id,
+            "person_id": person_id,
+            "form_version": CONSENT_FORM_VERSION,
+            "discloser": DISCLOSER,
+            "information": CONSENT_INFORMATION,
+            "categories": sorted(request.categories),
+            "recipients": consent_in.recipients.value,
+            "named_agencies": sorted(consent_in.named_agencies),
+            "purpose": CONSENT_PURPOSE,
+            "expires_on": consent_in.expires_on,
+            "expiry_event": consent_in.expiry_event,
+            "signature": crypto.cipher.seal({"signature": consent_in.signature}, consent_id),
+            "signed_on": consent_in.signed_on,
+            "given_at": now,
+            "witnessed_by": worker["worker_id"],
+        },
+    )
+    scope = ConsentScope(
+        consent_id=consent_id,
+        version=version,
+        categories=request.categories,
+        recipients=consent_in.recipients,
+        named_agencies=frozenset(consent_in.named_agencies),
+        expires_on=consent_in.expires_on,
+    )
+    intake_id = uuid4()
+    await repo.insert_intake(
+        conn,
+        {
+            "intake_id": intake_id,
+            "submission_id": request.submission_id,
+            "person_id": person_id,
+            "worker_id": worker["worker_id"],
+            "consent_id": consent_id,
+            "recovery_stage": request.recovery.stage.value,
+            "barc10": request.recovery.barc10,
+            "constraints": request.constraints.model_dump(mode="json"),
+            "created_at": now,
+        },
     )
     referrer = Referrer(worker_ref=worker["worker_id"], notify_email=worker["email"])
-    async with pool.acquire() as conn, conn.transaction():
-        await repo.insert_person(
-            conn, person_id, person_ref, pii, form.zip5, form.preferred_language
-        )
-        await repo.insert_consent(
+    for position, need in enumerate(request.needs):
+        need_id = uuid4()
+        note = crypto.cipher.seal({"note": need.note}, need_id) if need.note else None
+        await repo.insert_need(
             conn,
-            consent_id,
-            person_id,
-            form.categories,
-            CONSENT_PURPOSE,
-            form.consent_expires_on,
-            now,
-            worker["worker_id"],
+            {
+                "need_id": need_id,
+                "intake_id": intake_id,
+                "position": position,
+                "category": need.category.value,
+                "urgency": need.urgency.value,
+                "note": note,
+                "at": now,
+            },
         )
-        await repo.insert_intake(conn, intake_id, person_id, worker["worker_id"], consent_id, now)
-        for position, need in enumerate(form.needs):
-            need_id = uuid4()
-            await repo.insert_need(
-                conn, need_id, intake_id, position, need.category, need.urgency, now
-            )
-            event = NeedSubmitted(
-                need_id=need_id,
-                person_ref=person_ref,
-                category=need.category,
-                urgency=need.urgency,
-                postal_code=form.zip5,
-                languages=(form.preferred_language,),
-                consent=consent,
-                referrer=referrer,
-                submitted_at=now,
-            )
-            await outbox.enqueue(conn, NEEDS, event, source=SOURCE, clock=clock)
-    log.info("intake %s submitted with %d needs", intake_id, len(form.needs))
+        event = NeedSubmitted(
+            need_id=need_id,
+            person_ref=person_ref,
+            category=need.category,
+            urgency=need.urgency,
+            postal_code=person.zip5,
+            county=person.county,
+            languages=tuple(person.languages),
+            age_years=age_on(person.date_of_birth, now.date()),
+            recovery_stage=request.recovery.stage,
+            constraints=request.constraints,
+            consent=scope,
+            referrer=referrer,
+            submitted_at=now,
+        )
+        # The rule the brief puts first: nothing is published without a consent covering it.
+        if not scope.covers(need.category, now.date()):
+            raise ValueError(f"consent {consent_id} does not cover need {need_id}")
+        await outbox.enqueue(conn, NEEDS, event, source=SOURCE, clock=clock)
     return intake_id
+
+
+def _identifiers(request: IntakeRequest) -> dict[str, Any]:
+    person = request.person
+    return {
+        "legal_given_name": person.legal_given_name,
+        "legal_family_name": person.legal_family_name,
+        "preferred_name": person.preferred_name,
+        "date_of_birth": person.date_of_birth.isoformat(),
+        "email": person.email,
+        "phone": person.phone,
+    }
+
+
+async def revoke_consent(
+    pool: asyncpg.Pool, clock: Clock, consent_id: UUID, worker: asyncpg.Record, method: str
+) -> bool:
+    """Record the revocation and tell the network in one transaction. False if the consent
+    was already revoked (a repeated click changes nothing)."""
+    now = clock.now()
+    async with pool.acquire() as conn, conn.transaction():
+        revoked = await repo.revoke_consent(conn, consent_id, worker["worker_id"], method, now)
+        if revoked is None:
+            return False
+        event = ConsentRevoked(
+            consent_id=consent_id, person_ref=revoked["person_ref"], revoked_at=now
+        )
+        await outbox.enqueue(conn, CONSENT_EVENTS, event, source=SOURCE, clock=clock)
+    log.info("consent %s revoked", consent_id)
+    return True
 
 
 async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None:
@@ -91,3 +268,76 @@ async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None
             return
         if not await repo.apply_status(conn, change):
             log.info("need %s: status %s is stale or unknown", change.need_id, change.status)
+
+
+class ReleaseRefused(PermissionError):
+    pass
+
+
+async def release_contact(
+    pool: asyncpg.Pool, crypto: Crypto, clock: Clock, need_id: UUID, agency_id: str
+) -> dict[str, Any]:
+    """The person's contact details for the agency that accepted the need, written to the
+    disclosure ledger in the same transaction that reads them."""
+    async with pool.acquire() as conn, conn.transaction():
+        need = await repo.accepted_need(conn, need_id)
+        _check_release(need, agency_id, clock.now())
+        assert need is not None
+        pii = crypto.cipher.open(need["pii"], need["person_id"])
+        released = {
+            "name": pii.get("preferred_name") or pii["legal_given_name"],
+            "legal_name": f"{pii['legal_given_name']} {pii['legal_family_name']}",
+            "email": pii.get("email"),
+            "phone": pii.get("phone"),
+            "preferred_channel": need["preferred_channel"],
+        }
+        await repo.insert_disclosure(
+            conn,
+            {
+                "disclosure_id": uuid4(),
+                "person_id": need["person_id"],
+                "consent_id": need["consent_id"],
+                "need_id": need_id,
+                "recipient_id": agency_id,
+                "recipient": need["agency_name"] or agency_id,
+                "information": sorted(k for k, v in released.items() if v),
+                "purpose": need["purpose"],
+                "disclosed_at": clock.now(),
+            },
+        )
+    return {
+        **released,
+        "consent_id": need["consent_id"],
+        "purpose": need["purpose"],
+        "notice": REDISCLOSURE_NOTICE,
+    }
+
+
+def _check_release(need: asyncpg.Record | None, agency_id: str, now: datetime) -> None:
+    if need is None or need["agency_id"] != agency_id:
+        raise ReleaseRefused("this agency has not accepted this need")
+    if need["status"] not in ("accepted", "in_progress", "on_hold"):
+        raise ReleaseRefused(f"the need is {need['status']}, not accepted")
+    if need["revoked_at"] is not None or need["expires_on"] < now.date():
+        raise ReleaseRefused("the person's consent is revoked or expired")
+
+
+async def accounting_of_disclosures(
+    pool: asyncpg.Pool, clock: Clock, person_id: UUID
+) -> list[asyncpg.Record]:
+    """Every disclosure of the person's identifying data in the past three years."""
+    since = clock.now() - timedelta(days=365 * ACCOUNTING_YEARS + 1)
+    async with pool.acquire() as conn:
+        return await repo.disclosures_for_person(conn, person_id, since)
+
+
+async def reseal_all(pool: asyncpg.Pool, cipher: PiiCipher) -> int:
+    """Re-encrypt every sealed value that the current key did not seal (key rotation)."""
+    count = 0
+    async with pool.acquire() as conn, conn.transaction():
+        for row in await repo.sealed_values(conn):
+            if cipher.needs_reseal(row["sealed"]):
+                plain = cipher.open(row["sealed"], row["id"])
+                await repo.reseal(conn, row["tbl"], row["id"], cipher.seal(plain, row["id"]))
+                count += 1
+    return count

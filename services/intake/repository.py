@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from shared.events import NeedCategory, ReferralStatusChanged
+from shared.events import ReferralStatus, ReferralStatusChanged
+
+# Statuses after which a need needs nothing more from anyone.
+CLOSED_STATUSES = ("completed", "failed", "cancelled")
+
+
+# --- workers, tokens and login throttling -------------------------------------------------
 
 
 async def worker_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
@@ -21,99 +27,240 @@ async def worker_by_id(conn: asyncpg.Connection, worker_id: UUID) -> asyncpg.Rec
     return await conn.fetchrow("SELECT * FROM workers WHERE worker_id = $1 AND active", worker_id)
 
 
+async def worker_by_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT w.* FROM worker_tokens t JOIN workers w USING (worker_id) "
+        "WHERE t.token_digest = $1 AND t.revoked_at IS NULL AND w.active",
+        digest,
+    )
+
+
 async def upsert_worker(
-    conn: asyncpg.Connection, worker_id: UUID, email: str, name: str, password_hash: str
-) -> None:
-    await conn.execute(
-        "INSERT INTO workers (worker_id, email, display_name, password_hash) "
-        "VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, active = true",
+    conn: asyncpg.Connection,
+    worker_id: UUID,
+    email: str,
+    name: str,
+    password_hash: str,
+    role: str = "intake_worker",
+) -> UUID:
+    """Create the worker, or reset the password and role of the one with this email."""
+    found: UUID = await conn.fetchval(
+        "INSERT INTO workers (worker_id, email, display_name, password_hash, role) "
+        "VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, "
+        "display_name = EXCLUDED.display_name, role = EXCLUDED.role, active = true "
+        "RETURNING worker_id",
         worker_id,
         email,
         name,
         password_hash,
+        role,
+    )
+    return found
+
+
+async def set_worker_active(conn: asyncpg.Connection, email: str, active: bool) -> bool:
+    result = await conn.execute(
+        "UPDATE workers SET active = $2 WHERE lower(email) = lower($1)", email, active
+    )
+    if not active:
+        await conn.execute(
+            "UPDATE worker_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND "
+            "worker_id = (SELECT worker_id FROM workers WHERE lower(email) = lower($1))",
+            email,
+        )
+    return bool(result != "UPDATE 0")
+
+
+async def insert_token(
+    conn: asyncpg.Connection, digest: bytes, worker_id: UUID, label: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO worker_tokens (token_digest, worker_id, label) VALUES ($1, $2, $3)",
+        digest,
+        worker_id,
+        label,
     )
 
 
-async def insert_person(
+async def login_failures_since(
+    conn: asyncpg.Connection, account: str, address: str, since: datetime
+) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE account = $1) AS by_account, "
+        "count(*) FILTER (WHERE address = $2) AS by_address "
+        "FROM login_failures WHERE failed_at > $3 AND (account = $1 OR address = $2)",
+        account,
+        address,
+        since,
+    )
+    return int(row["by_account"]), int(row["by_address"])
+
+
+async def record_login_failure(
+    conn: asyncpg.Connection, account: str, address: str, at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO login_failures (account, address, failed_at) VALUES ($1, $2, $3)",
+        account,
+        address,
+        at,
+    )
+
+
+async def forget_login_failures(conn: asyncpg.Connection, account: str, before: datetime) -> None:
+    await conn.execute(
+        "DELETE FROM login_failures WHERE account = $1 OR failed_at < $2", account, before
+    )
+
+
+# --- persons and consents -------------------------------------------------------------------
+
+
+async def persons_by_match_key(conn: asyncpg.Connection, match_key: bytes) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT p.person_id, p.person_ref, p.pii, p.postal_code, "
+            "max(i.created_at) AS last_intake_at "
+            "FROM persons p LEFT JOIN intakes i USING (person_id) "
+            "WHERE p.match_key = $1 GROUP BY p.person_id ORDER BY last_intake_at DESC",
+            match_key,
+        )
+    )
+
+
+async def person_by_id(conn: asyncpg.Connection, person_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM persons WHERE person_id = $1", person_id)
+
+
+async def save_person(
     conn: asyncpg.Connection,
     person_id: UUID,
     person_ref: UUID,
     pii: bytes,
-    postal_code: str,
-    language: str,
+    match_key: bytes,
+    facts: dict[str, Any],
+    at: datetime,
 ) -> None:
+    """Insert the person, or bring a returning person's details up to date."""
     await conn.execute(
-        "INSERT INTO persons (person_id, person_ref, pii, postal_code, preferred_language) "
-        "VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO persons (person_id, person_ref, pii, match_key, postal_code, county, "
+        "languages, preferred_channel, contact_from, contact_until, created_at, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) "
+        "ON CONFLICT (person_id) DO UPDATE SET pii = EXCLUDED.pii, "
+        "postal_code = EXCLUDED.postal_code, county = EXCLUDED.county, "
+        "languages = EXCLUDED.languages, preferred_channel = EXCLUDED.preferred_channel, "
+        "contact_from = EXCLUDED.contact_from, contact_until = EXCLUDED.contact_until, "
+        "updated_at = EXCLUDED.updated_at",
         person_id,
         person_ref,
         pii,
-        postal_code,
-        language,
-    )
-
-
-async def insert_consent(
-    conn: asyncpg.Connection,
-    consent_id: UUID,
-    person_id: UUID,
-    categories: frozenset[NeedCategory],
-    purpose: str,
-    expires_on: date,
-    given_at: datetime,
-    witnessed_by: UUID,
-) -> None:
-    await conn.execute(
-        "INSERT INTO consents (consent_id, person_id, categories, recipients, purpose, "
-        "expires_on, given_at, witnessed_by) VALUES ($1, $2, $3, 'network', $4, $5, $6, $7)",
-        consent_id,
-        person_id,
-        sorted(categories),
-        purpose,
-        expires_on,
-        given_at,
-        witnessed_by,
-    )
-
-
-async def insert_intake(
-    conn: asyncpg.Connection,
-    intake_id: UUID,
-    person_id: UUID,
-    worker_id: UUID,
-    consent_id: UUID,
-    created_at: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO intakes (intake_id, person_id, worker_id, consent_id, created_at) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        intake_id,
-        person_id,
-        worker_id,
-        consent_id,
-        created_at,
-    )
-
-
-async def insert_need(
-    conn: asyncpg.Connection,
-    need_id: UUID,
-    intake_id: UUID,
-    position: int,
-    category: str,
-    urgency: str,
-    at: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO needs (need_id, intake_id, position, category, urgency, status_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        need_id,
-        intake_id,
-        position,
-        category,
-        urgency,
+        match_key,
+        facts["postal_code"],
+        facts["county"],
+        facts["languages"],
+        facts["preferred_channel"],
+        facts["contact_from"],
+        facts["contact_until"],
         at,
+    )
+
+
+async def insert_consent(conn: asyncpg.Connection, consent: dict[str, Any]) -> int:
+    """Record a new consent version for the person; returns its version number."""
+    version: int = await conn.fetchval(
+        "INSERT INTO consents (consent_id, person_id, version, form_version, discloser, "
+        "information, categories, recipients, named_agencies, purpose, expires_on, "
+        "expiry_event, signature, signed_on, given_at, witnessed_by) "
+        "SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, "
+        "$11, $12, $13, $14, $15 FROM consents WHERE person_id = $2 "
+        "RETURNING version",
+        consent["consent_id"],
+        consent["person_id"],
+        consent["form_version"],
+        consent["discloser"],
+        consent["information"],
+        consent["categories"],
+        consent["recipients"],
+        consent["named_agencies"],
+        consent["purpose"],
+        consent["expires_on"],
+        consent["expiry_event"],
+        consent["signature"],
+        consent["signed_on"],
+        consent["given_at"],
+        consent["witnessed_by"],
+    )
+    return version
+
+
+async def revoke_consent(
+    conn: asyncpg.Connection, consent_id: UUID, worker_id: UUID, method: str, at: datetime
+) -> asyncpg.Record | None:
+    """Mark the consent revoked; None if it is unknown or already revoked."""
+    return await conn.fetchrow(
+        "UPDATE consents c SET revoked_at = $4, revoked_by = $2, revocation_method = $3 "
+        "FROM persons p WHERE c.consent_id = $1 AND c.revoked_at IS NULL "
+        "AND p.person_id = c.person_id RETURNING c.consent_id, p.person_ref",
+        consent_id,
+        worker_id,
+        method,
+        at,
+    )
+
+
+async def consents_for_person(conn: asyncpg.Connection, person_id: UUID) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT * FROM consents WHERE person_id = $1 ORDER BY version DESC", person_id
+        )
+    )
+
+
+# --- intakes and needs --------------------------------------------------------------------
+
+
+async def lock_submission(conn: asyncpg.Connection, submission_id: UUID) -> UUID | None:
+    """Serialise submissions of one form, then return the intake it already made, if any."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::uuid::text))", submission_id)
+    found: UUID | None = await conn.fetchval(
+        "SELECT intake_id FROM intakes WHERE submission_id = $1", submission_id
+    )
+    return found
+
+
+async def lock_person(conn: asyncpg.Connection, person_id: UUID) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::uuid::text))", person_id)
+
+
+async def insert_intake(conn: asyncpg.Connection, intake: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO intakes (intake_id, submission_id, person_id, worker_id, consent_id, "
+        "recovery_stage, barc10, constraints, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        intake["intake_id"],
+        intake["submission_id"],
+        intake["person_id"],
+        intake["worker_id"],
+        intake["consent_id"],
+        intake["recovery_stage"],
+        intake["barc10"],
+        intake["constraints"],
+        intake["created_at"],
+    )
+
+
+async def insert_need(conn: asyncpg.Connection, need: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO needs (need_id, intake_id, position, category, urgency, note, status_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        need["need_id"],
+        need["intake_id"],
+        need["position"],
+        need["category"],
+        need["urgency"],
+        need["note"],
+        need["at"],
     )
 
 
@@ -121,7 +268,11 @@ async def apply_status(conn: asyncpg.Connection, change: ReferralStatusChanged) 
     """Move a need to the reported status unless a later change is already recorded."""
     result = await conn.execute(
         "UPDATE needs SET status = $2, status_sequence = $3, status_at = $4, agency_id = $5, "
-        "agency_name = $6, status_reason = $7, respond_by = $8 "
+        "agency_name = $6, status_reason = $7, respond_by = $8, "
+        "attempt = coalesce($9, attempt), "
+        "declines = declines + CASE WHEN $2 = 'declined' THEN 1 ELSE 0 END, "
+        "offered_at = CASE WHEN $2 = 'offered' THEN $4 ELSE offered_at END, "
+        "excluded = CASE WHEN $2 = 'unmatched' THEN $10::jsonb ELSE excluded END "
         "WHERE need_id = $1 AND status_sequence < $3",
         change.need_id,
         change.status.value,
@@ -131,38 +282,135 @@ async def apply_status(conn: asyncpg.Connection, change: ReferralStatusChanged) 
         change.agency_name,
         change.reason,
         change.respond_by,
+        change.attempt,
+        [e.model_dump() for e in change.excluded],
     )
     return bool(result != "UPDATE 0")
 
 
-async def intake_with_needs(
-    conn: asyncpg.Connection, intake_id: UUID, worker_id: UUID
-) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
-    """The intake and its needs, only for the worker who took it (minimum necessary)."""
-    intake = await conn.fetchrow(
-        "SELECT i.*, p.pii, p.postal_code, c.expires_on AS consent_expires_on "
+async def intake_for_worker(
+    conn: asyncpg.Connection, intake_id: UUID, worker: asyncpg.Record
+) -> asyncpg.Record | None:
+    """The intake, only for the worker who took it or an admin (minimum necessary)."""
+    return await conn.fetchrow(
+        "SELECT i.*, p.pii, p.person_ref, p.postal_code, p.county, p.languages, "
+        "p.preferred_channel, p.contact_from, p.contact_until, "
+        "c.version AS consent_version, c.expires_on AS consent_expires_on, "
+        "c.recipients, c.named_agencies, c.revoked_at AS consent_revoked_at "
         "FROM intakes i JOIN persons p USING (person_id) JOIN consents c USING (consent_id) "
-        "WHERE i.intake_id = $1 AND i.worker_id = $2",
+        "WHERE i.intake_id = $1 AND (i.worker_id = $2 OR $3)",
         intake_id,
-        worker_id,
+        worker["worker_id"],
+        worker["role"] == "admin",
     )
-    if intake is None:
-        return None
-    needs = await conn.fetch(
-        "SELECT * FROM needs WHERE intake_id = $1 ORDER BY position", intake_id
-    )
-    return intake, list(needs)
 
 
-async def recent_intakes(conn: asyncpg.Connection, worker_id: UUID, limit: int = 20) -> list[Any]:
+async def needs_of_intake(conn: asyncpg.Connection, intake_id: UUID) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch("SELECT * FROM needs WHERE intake_id = $1 ORDER BY position", intake_id)
+    )
+
+
+async def open_needs(conn: asyncpg.Connection, worker: asyncpg.Record) -> list[asyncpg.Record]:
+    """Every need still in play for the worker's intakes (an admin sees everyone's)."""
     return list(
         await conn.fetch(
-            "SELECT i.intake_id, i.created_at, p.pii, count(n.need_id) AS need_count, "
-            "count(n.need_id) FILTER (WHERE n.status = 'accepted') AS accepted "
-            "FROM intakes i JOIN persons p USING (person_id) JOIN needs n USING (intake_id) "
-            "WHERE i.worker_id = $1 GROUP BY i.intake_id, p.pii "
-            "ORDER BY i.created_at DESC LIMIT $2",
-            worker_id,
-            limit,
+            "SELECT n.*, i.created_at AS intake_at, p.pii, p.person_id "
+            "FROM needs n JOIN intakes i USING (intake_id) JOIN persons p USING (person_id) "
+            "WHERE n.status <> ALL($3::text[]) AND (i.worker_id = $1 OR $2) "
+            "ORDER BY n.status_at",
+            worker["worker_id"],
+            worker["role"] == "admin",
+            list(CLOSED_STATUSES),
         )
     )
+
+
+async def recent_intakes(
+    conn: asyncpg.Connection, worker: asyncpg.Record, limit: int = 20
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT i.intake_id, i.created_at, p.pii, p.person_id, "
+            "count(n.need_id) AS need_count, "
+            "count(n.need_id) FILTER (WHERE n.status = $3) AS accepted "
+            "FROM intakes i JOIN persons p USING (person_id) JOIN needs n USING (intake_id) "
+            "WHERE i.worker_id = $1 OR $4 GROUP BY i.intake_id, p.pii, p.person_id "
+            "ORDER BY i.created_at DESC LIMIT $2",
+            worker["worker_id"],
+            limit,
+            ReferralStatus.ACCEPTED.value,
+            worker["role"] == "admin",
+        )
+    )
+
+
+# --- the disclosure ledger ------------------------------------------------------------------
+
+
+async def insert_disclosure(conn: asyncpg.Connection, disclosure: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO disclosures (disclosure_id, person_id, consent_id, need_id, recipient_id, "
+        "recipient, information, purpose, disclosed_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        disclosure["disclosure_id"],
+        disclosure["person_id"],
+        disclosure["consent_id"],
+        disclosure["need_id"],
+        disclosure["recipient_id"],
+        disclosure["recipient"],
+        disclosure["information"],
+        disclosure["purpose"],
+        disclosure["disclosed_at"],
+    )
+
+
+async def disclosures_for_person(
+    conn: asyncpg.Connection, person_id: UUID, since: datetime
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT * FROM disclosures WHERE person_id = $1 AND disclosed_at >= $2 "
+            "ORDER BY disclosed_at DESC",
+            person_id,
+            since,
+        )
+    )
+
+
+async def accepted_need(conn: asyncpg.Connection, need_id: UUID) -> asyncpg.Record | None:
+    """A need with its person and consent, for releasing contact details to its agency."""
+    return await conn.fetchrow(
+        "SELECT n.need_id, n.status, n.agency_id, n.agency_name, n.category, "
+        "p.person_id, p.pii, p.preferred_channel, p.contact_from, p.contact_until, "
+        "c.consent_id, c.purpose, c.revoked_at, c.expires_on, c.recipients, c.named_agencies "
+        "FROM needs n JOIN intakes i USING (intake_id) JOIN persons p USING (person_id) "
+        "JOIN consents c ON c.consent_id = i.consent_id WHERE n.need_id = $1",
+        need_id,
+    )
+
+
+# --- key rotation ---------------------------------------------------------------------------
+
+
+async def sealed_values(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every sealed value with the id it is bound to, for re-sealing under a new key."""
+    return list(
+        await conn.fetch(
+            "SELECT 'persons' AS tbl, person_id AS id, pii AS sealed FROM persons "
+            "UNION ALL SELECT 'consents', consent_id, signature FROM consents "
+            "WHERE signature IS NOT NULL "
+            "UNION ALL SELECT 'needs', need_id, note FROM needs WHERE note IS NOT NULL"
+        )
+    )
+
+
+_RESEAL = {
+    "persons": "UPDATE persons SET pii = $2 WHERE person_id = $1",
+    "consents": "UPDATE consents SET signature = $2 WHERE consent_id = $1",
+    "needs": "UPDATE needs SET note = $2 WHERE need_id = $1",
+}
+
+
+async def reseal(conn: asyncpg.Connection, table: str, row_id: UUID, sealed: bytes) -> None:
+    await conn.execute(_RESEAL[table], row_id, sealed)

@@ -2,74 +2,67 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
-from uuid import UUID
+from typing import Any
+from uuid import UUID, uuid4
 
-import asyncpg
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from services.intake import repository as repo
-from services.intake.forms import (
-    CATEGORY_CHOICES,
-    LANGUAGES,
-    NEED_ROWS,
-    URGENCY_CHOICES,
-    parse_intake_form,
+from services.intake.auth import (
+    Admin,
+    CsrfForm,
+    TooManyAttempts,
+    Worker,
+    authenticate,
+    csrf_token,
 )
-from services.intake.handlers import submit_intake
-from services.intake.security import csrf_matches, new_csrf_token, verify_password
-from shared.events import CATEGORY_LABELS, NeedCategory
+from services.intake.forms import FormValues, field_id, parse_intake_form
+from services.intake.handlers import (
+    KnownPerson,
+    NotThatPerson,
+    Submitted,
+    accounting_of_disclosures,
+    revoke_consent,
+    submit_intake,
+)
+from services.intake.models import (
+    BARC10_ITEMS,
+    BARC10_SCALE,
+    CATEGORY_CHOICES,
+    CONSENT_INFORMATION,
+    CONSENT_PURPOSE,
+    EXPIRY_EVENTS,
+    INSURANCE_LABELS,
+    LANGUAGES,
+    REVOCATION_METHODS,
+    STAGE_LABELS,
+    URGENCY_CHOICES,
+)
+from services.intake.security import new_csrf_token
+from services.intake.tracker import SEARCHING, need_view
+from shared.events import ConsentRecipients
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-router = APIRouter()
-
-
-class LoginRequired(Exception):
-    pass
-
-
-def _csrf_token(request: Request) -> str:
-    token = request.session.get("csrf")
-    if not token:
-        token = request.session["csrf"] = new_csrf_token()
-    return str(token)
-
-
-async def _check_csrf(request: Request) -> dict[str, str]:
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    if not csrf_matches(request.session.get("csrf"), form.get("csrf_token")):
-        raise HTTPException(403, "The form expired or was not sent from refnet. Reload and retry.")
-    return form
-
-
-async def _current_worker(request: Request) -> asyncpg.Record:
-    worker_id = request.session.get("worker_id")
-    max_age = request.app.state.settings.session_max_age_s
-    if not worker_id or time.time() - request.session.get("login_at", 0) > max_age:
-        raise HTTPException(303, headers={"Location": "/login"})
-    async with request.app.state.pool.acquire() as conn:
-        worker = await repo.worker_by_id(conn, UUID(worker_id))
-    if worker is None:
-        request.session.clear()
-        raise HTTPException(303, headers={"Location": "/login"})
-    return worker
-
-
-Worker = Annotated[asyncpg.Record, Depends(_current_worker)]
-CsrfForm = Annotated[dict[str, str], Depends(_check_csrf)]
+templates.env.filters["field_id"] = field_id
+router = APIRouter(include_in_schema=False)
 
 
 def _render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-    context.setdefault("csrf_token", _csrf_token(request))
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    context.setdefault("csrf_token", csrf_token(request))
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    # Pages show a person's details: never keep them in a shared cache or the back button.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
-@router.get("/healthz", include_in_schema=False)
+@router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -81,14 +74,16 @@ async def login_page(request: Request) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, form: CsrfForm) -> Response:
-    email = form.get("email", "").strip()
-    async with request.app.state.pool.acquire() as conn:
-        worker = await repo.worker_by_email(conn, email)
-    if not verify_password(worker["password_hash"] if worker else None, form.get("password", "")):
-        return _render(
-            request, "login.html", 401, email=email, error="Email or password is not right."
-        )
-    assert worker is not None
+    email = form.get("email")
+    try:
+        worker = await authenticate(request, email, form.get("password"))
+    except TooManyAttempts:
+        minutes = request.app.state.settings.login_window_s // 60
+        error = f"Too many failed logins. Wait {minutes} minutes, or ask an administrator."
+        return _render(request, "login.html", 429, email=email, error=error)
+    if worker is None:
+        error = "Email or password is not right."
+        return _render(request, "login.html", 401, email=email, error=error)
     request.session.clear()
     request.session.update(
         worker_id=str(worker["worker_id"]), login_at=time.time(), csrf=new_csrf_token()
@@ -102,64 +97,255 @@ async def logout(request: Request, form: CsrfForm) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
-@router.get("/", response_class=HTMLResponse)
-async def home(request: Request, worker: Worker) -> Response:
-    cipher = request.app.state.cipher
-    async with request.app.state.pool.acquire() as conn:
-        rows = await repo.recent_intakes(conn, worker["worker_id"])
-    intakes = [dict(row, person=cipher.open(row["pii"])) for row in rows]
-    return _render(request, "home.html", worker=worker, intakes=intakes)
+# --- the intake form -----------------------------------------------------------------------
 
 
-def _form_context(values: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+def _form_context(
+    request: Request, values: FormValues, errors: dict[str, str], rows: int
+) -> dict[str, Any]:
     return {
         "values": values,
         "errors": errors,
-        "need_rows": range(NEED_ROWS),
+        "need_rows": range(rows),
         "categories": CATEGORY_CHOICES,
         "urgencies": URGENCY_CHOICES,
         "languages": LANGUAGES,
+        "stages": STAGE_LABELS,
+        "insurance": INSURANCE_LABELS,
+        "barc10_items": BARC10_ITEMS,
+        "barc10_scale": BARC10_SCALE,
+        "expiry_events": EXPIRY_EVENTS,
+        "recipients": ConsentRecipients,
+        "consent_information": CONSENT_INFORMATION,
+        "consent_purpose": CONSENT_PURPOSE,
+        "barc10_total": _barc10_total(values),
     }
 
 
-@router.get("/intakes/new", response_class=HTMLResponse)
+def _barc10_total(values: FormValues) -> int | None:
+    ratings = [values.get(f"recovery.barc10.{i}") for i in range(10)]
+    return sum(int(r) for r in ratings) if all(r.isdigit() for r in ratings) else None
+
+
+@router.get("/intakes/new", response_class=HTMLResponse, name="new_intake")
 async def new_intake(request: Request, worker: Worker) -> Response:
     today = request.app.state.clock.now().date()
-    defaults = {
-        "preferred_language": "en",
-        "consent_expires_on": (today + timedelta(days=365)).isoformat(),
-    }
-    return _render(request, "intake_form.html", worker=worker, **_form_context(defaults, {}))
+    defaults = FormValues(
+        {
+            "submission_id": str(uuid4()),
+            "person.languages": "en",
+            "person.preferred_channel": "email",
+            "consent.recipients": "network",
+            "consent.expires_on": (today + timedelta(days=365)).isoformat(),
+            "consent.signed_on": today.isoformat(),
+            "constraints.insurance": "medicaid",
+        }.items()
+    )
+    context = _form_context(request, defaults, {}, defaults.need_row_count())
+    return _render(request, "intake_form.html", worker=worker, **context)
 
 
 @router.post("/intakes", response_class=HTMLResponse)
 async def create_intake(request: Request, worker: Worker, form: CsrfForm) -> Response:
     state = request.app.state
+    rows = form.need_row_count()
+    if form.get("action") == "add-need":
+        # Without JavaScript, another need row is one more round trip; nothing is validated.
+        context = _form_context(request, form, {}, min(rows + 1, 20))
+        return _render(request, "intake_form.html", worker=worker, focus_row=rows, **context)
     parsed, errors = parse_intake_form(form, state.clock.now().date())
     if parsed is None:
+        context = _form_context(request, form, errors, rows)
+        return _render(request, "intake_form.html", 422, worker=worker, **context)
+    try:
+        outcome = await submit_intake(state.pool, state.crypto, state.clock, worker, parsed)
+    except NotThatPerson:
+        errors = {"person_match": "That person's name or date of birth differs; choose again."}
+        context = _form_context(request, form, errors, rows)
+        return _render(request, "intake_form.html", 422, worker=worker, **context)
+    if isinstance(outcome, KnownPerson):
+        context = _form_context(request, form, {}, rows)
         return _render(
-            request, "intake_form.html", 422, worker=worker, **_form_context(form, errors)
+            request, "intake_form.html", 409, worker=worker, matches=outcome.candidates, **context
         )
-    intake_id = await submit_intake(state.pool, state.cipher, state.clock, worker, parsed)
-    return RedirectResponse(f"/intakes/{intake_id}", status_code=303)
+    assert isinstance(outcome, Submitted)
+    return RedirectResponse(f"/intakes/{outcome.intake_id}", status_code=303)
+
+
+# --- the dashboard and the tracker ---------------------------------------------------------
+
+
+async def _dashboard(request: Request, worker: Any) -> dict[str, Any]:
+    state = request.app.state
+    now = state.clock.now()
+    async with state.pool.acquire() as conn:
+        needs = await repo.open_needs(conn, worker)
+        intakes = await repo.recent_intakes(conn, worker)
+    rows = [
+        (need_view(row, now), _display_name(state.cipher.open(row["pii"], row["person_id"])), row)
+        for row in needs
+    ]
+    rows.sort(key=lambda r: (not r[0].stuck, r[2]["status_at"]))
+    recent = [
+        dict(row, person=_display_name(state.cipher.open(row["pii"], row["person_id"])))
+        for row in intakes
+    ]
+    return {"worker": worker, "open_needs": rows, "intakes": recent}
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request, worker: Worker) -> Response:
+    return _render(request, "home.html", **await _dashboard(request, worker))
+
+
+@router.get("/dashboard/needs", response_class=HTMLResponse)
+async def dashboard_needs(request: Request, worker: Worker) -> Response:
+    """The open-needs table alone, for the page's script to swap in while it refreshes."""
+    return _render(request, "_open_needs.html", **await _dashboard(request, worker))
+
+
+async def _tracker(request: Request, intake_id: UUID, worker: Any) -> dict[str, Any]:
+    state = request.app.state
+    async with state.pool.acquire() as conn:
+        intake = await repo.intake_for_worker(conn, intake_id, worker)
+        if intake is None:
+            raise HTTPException(404, "No such intake, or it is not one of yours.")
+        needs = await repo.needs_of_intake(conn, intake_id)
+    now = state.clock.now()
+    views = [need_view(row, now) for row in needs]
+    return {
+        "worker": worker,
+        "intake": intake,
+        "person": state.cipher.open(intake["pii"], intake["person_id"]),
+        "needs": views,
+        "searching": any(v.status in SEARCHING for v in views),
+        "stages": STAGE_LABELS,
+        "languages": LANGUAGES,
+        "revocation_methods": REVOCATION_METHODS,
+    }
 
 
 @router.get("/intakes/{intake_id}", response_class=HTMLResponse)
 async def intake_status(request: Request, intake_id: UUID, worker: Worker) -> Response:
-    async with request.app.state.pool.acquire() as conn:
-        found = await repo.intake_with_needs(conn, intake_id, worker["worker_id"])
-    if found is None:
-        raise HTTPException(404, "No such intake.")
-    intake, needs = found
-    person = request.app.state.cipher.open(intake["pii"])
-    open_statuses = {"submitted", "offered", "declined", "expired"}
+    return _render(request, "intake_status.html", **await _tracker(request, intake_id, worker))
+
+
+@router.get("/intakes/{intake_id}/needs", response_class=HTMLResponse)
+async def intake_needs(request: Request, intake_id: UUID, worker: Worker) -> Response:
+    return _render(request, "_intake_needs.html", **await _tracker(request, intake_id, worker))
+
+
+@router.post("/intakes/{intake_id}/consent/revoke")
+async def revoke(request: Request, intake_id: UUID, worker: Worker, form: CsrfForm) -> Response:
+    state = request.app.state
+    async with state.pool.acquire() as conn:
+        intake = await repo.intake_for_worker(conn, intake_id, worker)
+    if intake is None:
+        raise HTTPException(404, "No such intake, or it is not one of yours.")
+    method = form.get("method")
+    if method not in REVOCATION_METHODS or form.get("confirm") != "yes":
+        context = await _tracker(request, intake_id, worker)
+        error = "Choose how the person revoked consent and tick the confirmation."
+        return _render(request, "intake_status.html", 422, revoke_error=error, **context)
+    await revoke_consent(state.pool, state.clock, intake["consent_id"], worker, method)
+    return RedirectResponse(f"/intakes/{intake_id}", status_code=303)
+
+
+# --- administration: the accounting of disclosures -----------------------------------------
+
+
+@router.get("/admin/persons", response_class=HTMLResponse)
+async def find_person(request: Request, admin: Admin) -> Response:
+    query = FormValues(request.query_params.multi_items())
+    found: list[dict[str, Any]] = []
+    error = None
+    if query.get("family_name"):
+        found, error = await _search_person(request, query)
+    return _render(
+        request, "admin_persons.html", worker=admin, query=query, found=found, error=error
+    )
+
+
+async def _search_person(
+    request: Request, query: FormValues
+) -> tuple[list[dict[str, Any]], str | None]:
+    state = request.app.state
+    try:
+        dob = date.fromisoformat(query.get("date_of_birth"))
+    except ValueError:
+        return [], "Enter the date of birth as YYYY-MM-DD."
+    key = state.crypto.index.match_key(query.get("given_name"), query.get("family_name"), dob)
+    async with state.pool.acquire() as conn:
+        rows = await repo.persons_by_match_key(conn, key)
+    found = [
+        dict(row, name=_display_name(state.cipher.open(row["pii"], row["person_id"])))
+        for row in rows
+    ]
+    return found, None if found else "No person with that name and date of birth."
+
+
+async def _accounting(request: Request, person_id: UUID) -> tuple[dict[str, Any], list[Any]]:
+    state = request.app.state
+    async with state.pool.acquire() as conn:
+        person = await repo.person_by_id(conn, person_id)
+    if person is None:
+        raise HTTPException(404, "No such person.")
+    rows = await accounting_of_disclosures(state.pool, state.clock, person_id)
+    return state.cipher.open(person["pii"], person_id), rows
+
+
+@router.get("/admin/persons/{person_id}/disclosures", response_class=HTMLResponse)
+async def disclosures_page(request: Request, person_id: UUID, admin: Admin) -> Response:
+    pii, rows = await _accounting(request, person_id)
     return _render(
         request,
-        "intake_status.html",
-        worker=worker,
-        intake=intake,
-        person=person,
-        needs=needs,
-        labels={c.value: CATEGORY_LABELS[c] for c in NeedCategory},
-        refresh=any(n["status"] in open_statuses for n in needs),
+        "admin_disclosures.html",
+        worker=admin,
+        person_id=person_id,
+        name=_display_name(pii),
+        disclosures=rows,
     )
+
+
+@router.get("/admin/persons/{person_id}/disclosures.csv")
+async def disclosures_csv(request: Request, person_id: UUID, admin: Admin) -> Response:
+    _, rows = await _accounting(request, person_id)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "disclosed_at",
+            "recipient_id",
+            "recipient",
+            "information",
+            "purpose",
+            "consent_id",
+            "need_id",
+        ]
+    )
+    for row in rows:
+        writer.writerow(
+            [
+                row["disclosed_at"].isoformat(),
+                row["recipient_id"],
+                row["recipient"],
+                "; ".join(row["information"]),
+                row["purpose"],
+                row["consent_id"],
+                row["need_id"],
+            ]
+        )
+    return Response(
+        out.getvalue(),
+        media_type="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="disclosures-{person_id}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _display_name(pii: dict[str, Any]) -> str:
+    given = pii.get("preferred_name") or pii.get("legal_given_name") or pii.get("given_name", "")
+    family = pii.get("legal_family_name") or pii.get("family_name", "")
+    return f"{given} {family}".strip()

@@ -1,18 +1,45 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import BaseServiceSettings
+
+# Values from deploy/.env.example and docs that must never reach production.
+_PLACEHOLDERS = ("change-me", "changeme", "secret", "example")
 
 
 class IntakeSettings(BaseServiceSettings):
     # Signs session cookies; 32+ characters, never a default.
     secret_key: SecretStr = Field(min_length=32)
-    # A Fernet key (urlsafe base64 of 32 bytes) encrypting the person's identifiers at rest.
+    # 32 random bytes in urlsafe base64 (Fernet.generate_key() prints one). Seals new data.
     pii_encryption_key: SecretStr
+    # Comma-separated keys that sealed older data and may still open it (rotation).
+    pii_retired_keys: SecretStr = SecretStr("")
+    # Keys the digest that finds a returning person by name and date of birth. Never rotate
+    # it without re-indexing: see docs/operations.md.
+    pii_index_key: SecretStr
     session_max_age_s: int = 8 * 3600
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Failed logins allowed in the window, per account and per client address.
+    login_window_s: int = 15 * 60
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_address: int = 20
     # Local mode: this worker is created at start-up so a newcomer can log in at once.
     demo_worker_email: str = "demo.worker@refnet.local"
     demo_worker_password: SecretStr | None = None
+
+    @property
+    def pii_keys(self) -> list[str]:
+        retired = self.pii_retired_keys.get_secret_value().split(",")
+        return [self.pii_encryption_key.get_secret_value(), *filter(None, map(str.strip, retired))]
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret_outside_local(self) -> IntakeSettings:
+        key = self.secret_key.get_secret_value().lower()
+        if not self.is_local and (any(word in key for word in _PLACEHOLDERS) or len(set(key)) < 12):
+            raise ValueError(
+                "SECRET_KEY looks like a placeholder; generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return self

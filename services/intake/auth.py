@@ -1,0 +1,115 @@
+"""Who is asking: a worker's browser session or API token, CSRF on every form, and the
+login throttle (per account and per client address)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.intake import repository as repo
+from services.intake.forms import FormValues
+from services.intake.security import (
+    csrf_matches,
+    new_csrf_token,
+    token_digest,
+    verify_password,
+)
+
+_bearer = HTTPBearer(auto_error=False, description="A worker API token (`refnet users token`).")
+
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = request.session["csrf"] = new_csrf_token()
+    return str(token)
+
+
+async def _checked_form(request: Request) -> FormValues:
+    form = FormValues((await request.form()).multi_items())
+    if not csrf_matches(request.session.get("csrf"), form.get("csrf_token")):
+        raise HTTPException(403, "The form expired or was not sent from refnet. Reload and retry.")
+    return form
+
+
+def _to_login() -> HTTPException:
+    return HTTPException(303, headers={"Location": "/login"})
+
+
+async def _session_worker(request: Request) -> asyncpg.Record:
+    worker_id = request.session.get("worker_id")
+    max_age = request.app.state.settings.session_max_age_s
+    if not worker_id or time.time() - request.session.get("login_at", 0) > max_age:
+        raise _to_login()
+    async with request.app.state.pool.acquire() as conn:
+        worker = await repo.worker_by_id(conn, UUID(worker_id))
+    if worker is None:  # disabled since they logged in
+        request.session.clear()
+        raise _to_login()
+    return worker
+
+
+async def _admin(worker: Annotated[asyncpg.Record, Depends(_session_worker)]) -> asyncpg.Record:
+    if worker["role"] != "admin":
+        raise HTTPException(403, "This page is for administrators.")
+    return worker
+
+
+async def _token_worker(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> asyncpg.Record:
+    worker = None
+    if credentials is not None:
+        async with request.app.state.pool.acquire() as conn:
+            worker = await repo.worker_by_token(conn, token_digest(credentials.credentials))
+    if worker is None:
+        raise HTTPException(
+            401,
+            "Send a valid worker token: Authorization: Bearer <token>.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return worker
+
+
+Worker = Annotated[asyncpg.Record, Depends(_session_worker)]
+Admin = Annotated[asyncpg.Record, Depends(_admin)]
+ApiWorker = Annotated[asyncpg.Record, Depends(_token_worker)]
+CsrfForm = Annotated[FormValues, Depends(_checked_form)]
+
+
+class TooManyAttempts(Exception):
+    pass
+
+
+async def authenticate(request: Request, email: str, password: str) -> asyncpg.Record | None:
+    """The worker these credentials belong to, or None. Raises TooManyAttempts while the
+    account or the client address has failed too often in the window, before checking the
+    password, so guessing cannot go on."""
+    state = request.app.state
+    settings, now = state.settings, state.clock.now()
+    account = email.strip().lower()
+    address = request.client.host if request.client else "unknown"
+    since = now - timedelta(seconds=settings.login_window_s)
+    async with state.pool.acquire() as conn:
+        by_account, by_address = await repo.login_failures_since(conn, account, address, since)
+        if (
+            by_account >= settings.login_max_failures_per_account
+            or by_address >= settings.login_max_failures_per_address
+        ):
+            raise TooManyAttempts
+        worker = await repo.worker_by_email(conn, account)
+        password_hash = worker["password_hash"] if worker else None
+        # argon2 is deliberately slow: keep it off the event loop.
+        if await asyncio.to_thread(verify_password, password_hash, password):
+            await repo.forget_login_failures(conn, account, since)
+            return worker
+        await repo.record_login_failure(conn, account, address, now)
+        return None

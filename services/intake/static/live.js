@@ -1,0 +1,34 @@
+// Progressive enhancement only: every page works without this file.
+
+// Keep a region current without reloading the page: fetch its fragment URL every few
+// seconds and swap it in when it changed. Without JavaScript, a <noscript> refresh does this.
+for (const region of document.querySelectorAll("[data-live-src]")) {
+  const every = Number(region.dataset.liveEvery || 2000);
+  let last = null;
+  const refresh = async () => {
+    try {
+      const response = await fetch(region.dataset.liveSrc, { credentials: "same-origin" });
+      if (response.redirected) { window.location.assign(response.url); return; }
+      if (response.ok) {
+        const html = await response.text();
+        if (html !== last) { last = html; region.innerHTML = html; }
+      }
+    } catch (error) {
+      // The service is briefly unreachable: try again at the next tick.
+    }
+    setTimeout(refresh, every);
+  };
+  setTimeout(refresh, every);
+}
+
+// Show the BARC-10 total as the ratings are chosen.
+for (const group of document.querySelectorAll("[data-barc10]")) {
+  const output = group.querySelector("output");
+  const update = () => {
+    const ratings = [...group.querySelectorAll("select")].map((s) => Number(s.value));
+    output.value = ratings.every((r) => r > 0)
+      ? `${ratings.reduce((a, b) => a + b, 0)} of 60`
+      : "rate all ten to see the total";
+  };
+  group.addEventListener("change", update);
+}
