@@ -17,9 +17,11 @@ from aiokafka import AIOKafkaProducer
 from services.matching import repository as repo
 from services.matching.directory import load_directory
 from services.matching.handlers import (
+    CONSENTS_CONSUMER,
     NEEDS_CONSUMER,
     RESPONSES_CONSUMER,
     Deps,
+    handle_consent_event,
     handle_need_submitted,
     handle_offer_response,
 )
@@ -36,7 +38,7 @@ from shared.kafka import (
     wait_until_ready,
 )
 from shared.outbox import OutboxRelay
-from shared.topics import NEEDS, OFFER_RESPONSES, TopicSpec, agency_offers
+from shared.topics import CONSENT_EVENTS, NEEDS, OFFER_RESPONSES, TopicSpec, agency_offers
 
 log = logging.getLogger(__name__)
 SCHEMA = "matching"
@@ -149,8 +151,8 @@ def create_app(settings: MatchingSettings, clock: Clock | None = None) -> Matchi
     def raw_topic(spec: TopicSpec) -> faust.TopicT:
         return app.topic(spec.name, key_serializer="raw", value_serializer="raw", internal=False)
 
-    # Two agents, one per consumed topic; each one's group member processes its own
-    # partitions in order, which co-partitioning by need_id makes per-need order.
+    # One agent per consumed topic; each one's group member processes its own partitions
+    # in order, which co-partitioning by need_id makes per-need order for needs and answers.
     @app.agent(raw_topic(NEEDS), name=NEEDS_CONSUMER)
     async def needs(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -160,5 +162,12 @@ def create_app(settings: MatchingSettings, clock: Clock | None = None) -> Matchi
     async def responses(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             await app.process(OFFER_RESPONSES, event, handle_offer_response)
+
+    # Keyed by person_ref, so not in step with the need's own topics: the handler's row
+    # locks order a revocation against a need's other events.
+    @app.agent(raw_topic(CONSENT_EVENTS), name=CONSENTS_CONSUMER)
+    async def consents(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await app.process(CONSENT_EVENTS, event, handle_consent_event)
 
     return app

@@ -3,6 +3,7 @@
     submitted -> offered(agency, attempt n, respond_by)
     offered -> accepted | declined(reason) | expired   (declined/expired -> next candidate)
     no candidate left, or attempts used up -> unmatched (with every exclusion's reason)
+    any open state -> cancelled (consent revoked)
 
 Each handler runs in one transaction with the inbox row and the outbox rows it emits, so a
 redelivered event changes nothing and a crash leaves either all of a step or none of it.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,14 +25,18 @@ from shared import outbox
 from shared.clock import Clock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
+    ConsentRevoked,
     ConsentScope,
+    Constraints,
     Event,
+    MatchFactor,
     NeedCategory,
     NeedSubmitted,
     OfferAccepted,
     OfferDeclined,
     OfferExpired,
     OfferWithdrawn,
+    RecoveryStage,
     ReferralOffered,
     ReferralStatus,
     ReferralStatusChanged,
@@ -46,6 +51,27 @@ log = logging.getLogger(__name__)
 SOURCE = "/refnet/matching"
 NEEDS_CONSUMER = "matching.needs"
 RESPONSES_CONSUMER = "matching.offer-responses"
+CONSENTS_CONSUMER = "matching.consent-events"
+CONSENT_REVOKED = "consent revoked"
+
+# Every state a referral can still leave; unmatched, completed, failed and cancelled are final.
+OPEN_STATES = (
+    ReferralStatus.SUBMITTED,
+    ReferralStatus.OFFERED,
+    ReferralStatus.DECLINED,
+    ReferralStatus.EXPIRED,
+    ReferralStatus.ACCEPTED,
+    ReferralStatus.IN_PROGRESS,
+    ReferralStatus.ON_HOLD,
+)
+# States in which an agency holds the referral (its offer is open, or it took the person on)
+# and so has to be told on its own topic when the referral is cancelled.
+HELD_BY_AGENCY = (
+    ReferralStatus.OFFERED,
+    ReferralStatus.ACCEPTED,
+    ReferralStatus.IN_PROGRESS,
+    ReferralStatus.ON_HOLD,
+)
 
 
 @dataclass(frozen=True)
@@ -70,12 +96,35 @@ async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await first_delivery(conn, NEEDS_CONSUMER, envelope):
             return
+        revoked_at = await repo.consent_revoked_at(conn, need)
         ref = await repo.insert_referral(conn, need, deps.clock.now())
         if ref is None:
             log.info("need %s already known; ignoring the repeat", need.need_id)
             return
         await _emit_status(conn, deps, ref, ReferralStatus.SUBMITTED, bump=False)
-        await _offer_next(conn, deps, ref)
+        if revoked_at is not None:
+            # Recorded (so a repeat or a stray answer finds it) but never offered.
+            await _emit_status(conn, deps, ref, ReferralStatus.CANCELLED, reason=CONSENT_REVOKED)
+        else:
+            await _offer_next(conn, deps, ref)
+
+
+async def handle_consent_event(deps: Deps, envelope: Envelope) -> None:
+    """Cancel every open referral under a revoked consent. Keyed by person_ref, so this may
+    run beside the need's own handlers: the consent row's lock orders it against needs
+    arriving under the consent, each referral's row lock against answers to its offer."""
+    revoked = envelope.event
+    assert isinstance(revoked, ConsentRevoked)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if not await first_delivery(conn, CONSENTS_CONSUMER, envelope):
+            return
+        await repo.revoke_consent(conn, revoked)
+        refs = await repo.referrals_for_update(
+            conn, revoked.consent_id, [s.value for s in OPEN_STATES]
+        )
+        for ref in refs:
+            await _cancel(conn, deps, ref, CONSENT_REVOKED)
+        log.info("consent %s revoked: %d referral(s) cancelled", revoked.consent_id, len(refs))
 
 
 async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
@@ -137,25 +186,46 @@ async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any])
         )
         return
     best = candidates[0]
+    _assign(ref, best.service.agency_id, now + deadline(deps.settings, Urgency(ref["urgency"])))
+    await _enqueue(conn, deps, agency_offers(ref["agency_id"]), _offer(ref, best.factors))
+    await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+
+
+def _assign(ref: dict[str, Any], agency_id: str, respond_by: datetime) -> None:
     ref["attempt"] += 1
-    ref["agency_id"] = best.service.agency_id
+    ref["agency_id"] = agency_id
     ref["offer_id"] = offer_id_for(ref["need_id"], ref["attempt"])
-    ref["respond_by"] = now + deadline(deps.settings, Urgency(ref["urgency"]))
-    ref["tried"] = [*ref["tried"], best.service.agency_id]
-    offer = ReferralOffered(
+    ref["respond_by"] = respond_by
+    ref["tried"] = [*ref["tried"], agency_id]
+
+
+def _offer(ref: dict[str, Any], explanation: tuple[MatchFactor, ...]) -> ReferralOffered:
+    """The offer as the agency sees it: the coarse facts it decides on, never who it is."""
+    stage = ref["recovery_stage"]
+    return ReferralOffered(
         offer_id=ref["offer_id"],
         need_id=ref["need_id"],
         agency_id=ref["agency_id"],
         attempt=ref["attempt"],
-        category=need.category,
+        category=NeedCategory(ref["category"]),
         urgency=Urgency(ref["urgency"]),
         postal_code=ref["postal_code"],
-        languages=tuple(sorted(need.languages)),
+        county=ref["county"],
+        languages=tuple(sorted(ref["languages"])),
+        age_years=ref["age_years"],
+        recovery_stage=RecoveryStage(stage) if stage else None,
+        constraints=Constraints.model_validate(ref["constraints"]),
         respond_by=ref["respond_by"],
-        explanation=best.factors,
+        explanation=explanation,
     )
-    await _enqueue(conn, deps, agency_offers(ref["agency_id"]), offer)
-    await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+
+
+async def _cancel(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], reason: str) -> None:
+    # An accepted referral is withdrawn too: the agency may have started work, and its
+    # offers topic is the only channel it is sure to read.
+    if ref["status"] in HELD_BY_AGENCY:
+        await _withdraw(conn, deps, ref, reason)
+    await _emit_status(conn, deps, ref, ReferralStatus.CANCELLED, reason=reason)
 
 
 async def _withdraw(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], reason: str) -> None:

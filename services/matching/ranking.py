@@ -49,6 +49,8 @@ def rank(
 def _exclusion(need: NeedView, service: AgencyService, today: date) -> str | None:
     if not need.consent.covers(need.category, today):
         return "outside the person's consent (category not covered or consent expired)"
+    if not need.consent.allows_recipient(service.agency_id):
+        return "not named in the person's consent"
     if service.agency_id in need.tried:
         return "already offered this need"
     if need.postal_code not in service.postal_codes:

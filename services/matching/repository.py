@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from services.matching.directory import Agency, AgencyService
-from shared.events import NeedCategory, NeedSubmitted
+from shared.events import ConsentRevoked, NeedCategory, NeedSubmitted
 
 
 async def replace_directory(
@@ -66,9 +66,10 @@ async def insert_referral(
     """The new referral row, or None when the need is already known."""
     row = await conn.fetchrow(
         "INSERT INTO referrals (need_id, person_ref, category, urgency, postal_code, languages, "
-        "consent, status, sequence, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, 'submitted', 1, $8) ON CONFLICT DO NOTHING "
-        "RETURNING *",
+        "consent, consent_id, county, age_years, recovery_stage, constraints, status, sequence, "
+        "updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', 1, $13) "
+        "ON CONFLICT DO NOTHING RETURNING *",
         need.need_id,
         need.person_ref,
         need.category.value,
@@ -76,9 +77,56 @@ async def insert_referral(
         need.postal_code,
         list(need.languages),
         need.consent.model_dump(mode="json"),
+        need.consent.consent_id,
+        need.county,
+        need.age_years,
+        need.recovery_stage.value if need.recovery_stage else None,
+        need.constraints.model_dump(mode="json"),
         at,
     )
     return dict(row) if row else None
+
+
+async def consent_revoked_at(conn: asyncpg.Connection, need: NeedSubmitted) -> datetime | None:
+    """When the need's consent was revoked, if it was. Holds a share lock on the consent row
+    until commit, so a revocation being processed elsewhere either committed before (and is
+    seen here) or waits for this need's referral to commit (and then cancels it)."""
+    await conn.execute(
+        "INSERT INTO consents (consent_id, person_ref) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        need.consent.consent_id,
+        need.person_ref,
+    )
+    revoked: datetime | None = await conn.fetchval(
+        "SELECT revoked_at FROM consents WHERE consent_id = $1 FOR SHARE", need.consent.consent_id
+    )
+    return revoked
+
+
+async def revoke_consent(conn: asyncpg.Connection, revoked: ConsentRevoked) -> None:
+    """Record the revocation (the first one wins) and hold the consent row's lock until
+    commit: needs arriving under it meanwhile wait, then see it revoked."""
+    await conn.execute(
+        "INSERT INTO consents (consent_id, person_ref, revoked_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT (consent_id) DO UPDATE "
+        "SET revoked_at = coalesce(consents.revoked_at, EXCLUDED.revoked_at)",
+        revoked.consent_id,
+        revoked.person_ref,
+        revoked.revoked_at,
+    )
+
+
+async def referrals_for_update(
+    conn: asyncpg.Connection, consent_id: UUID, statuses: list[str]
+) -> list[dict[str, Any]]:
+    """The consent's referrals in these statuses, locked; in need order, so two
+    transactions locking several of them cannot deadlock."""
+    rows = await conn.fetch(
+        "SELECT * FROM referrals WHERE consent_id = $1 AND status = ANY($2::text[]) "
+        "ORDER BY need_id FOR UPDATE",
+        consent_id,
+        statuses,
+    )
+    return [dict(r) for r in rows]
 
 
 async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
 """The notifications service: the agency HTTP API, plus, in the background, the consumer of
-needs and referral events, the durable scheduler and the outbox relay."""
+needs, referral events and consent events, the durable scheduler and the outbox relay."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from shared.kafka import (
     wait_until_ready,
 )
 from shared.outbox import OutboxRelay
-from shared.topics import NEEDS, REFERRAL_EVENTS
+from shared.topics import CONSENT_EVENTS, NEEDS, REFERRAL_EVENTS
 
 log = logging.getLogger(__name__)
 SCHEMA = "notifications"
@@ -60,7 +60,8 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         app.state.deps = deps
         producer = make_producer(settings, "notifications")
         await wait_until_ready("Kafka producer", producer.start)
-        consumer = make_consumer(settings, CONSUMER, NEEDS.name, REFERRAL_EVENTS.name)
+        topics = [NEEDS, REFERRAL_EVENTS, CONSENT_EVENTS]
+        consumer = make_consumer(settings, CONSUMER, *(spec.name for spec in topics))
         await wait_until_ready("Kafka consumer", consumer.start)
         relay = OutboxRelay(
             pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
@@ -71,7 +72,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
             asyncio.create_task(
                 consume(
                     consumer,
-                    [NEEDS, REFERRAL_EVENTS],
+                    topics,
                     lambda env: handle_event(deps, env),
                     DeadLetters(producer, CONSUMER),
                     max_attempts=settings.consumer_max_attempts,

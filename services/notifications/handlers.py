@@ -22,6 +22,7 @@ from shared.clock import Clock
 from shared.cloudevents import Envelope
 from shared.events import (
     CATEGORY_LABELS,
+    ConsentRevoked,
     DeclineReason,
     NeedCategory,
     NeedSubmitted,
@@ -72,6 +73,25 @@ async def handle_event(deps: Deps, envelope: Envelope) -> None:
             await repo.remember_referrer(conn, event)
         elif isinstance(event, ReferralStatusChanged):
             await _follow_referral(conn, deps, event)
+        elif isinstance(event, ConsentRevoked):
+            await _stop_for_revoked_consent(conn, deps, event)
+
+
+async def _stop_for_revoked_consent(
+    conn: asyncpg.Connection, deps: Deps, revoked: ConsentRevoked
+) -> None:
+    """Nothing more goes out for needs under a revoked consent. Matching also reports each
+    open one cancelled; this stops them sooner, and the record stops later events (read in
+    any order) from starting anything new."""
+    await repo.record_revocation(conn, revoked)
+    need_ids = await repo.needs_under_consent(conn, revoked.consent_id)
+    await _stop_following(conn, deps, need_ids)
+    log.info("consent %s revoked: jobs of %d need(s) cancelled", revoked.consent_id, len(need_ids))
+
+
+async def _stop_following(conn: asyncpg.Connection, deps: Deps, need_ids: list[UUID]) -> None:
+    await repo.close_offers(conn, need_ids, deps.clock.now())
+    await repo.cancel_need_jobs(conn, need_ids)
 
 
 async def _follow_referral(
@@ -79,6 +99,10 @@ async def _follow_referral(
 ) -> None:
     now = deps.clock.now()
     need_id, offer_id = change.need_id, change.offer_id
+    # A stale update read after the revocation must not open an offer or schedule a job.
+    if change.status == ReferralStatus.CANCELLED or await repo.consent_revoked(conn, need_id):
+        await _stop_following(conn, deps, [need_id])
+        return
     if change.status == ReferralStatus.OFFERED:
         assert offer_id and change.agency_id and change.respond_by
         await repo.track_offer(
@@ -194,6 +218,13 @@ async def run_due_jobs(deps: Deps) -> int:
 
 
 async def _run_job(deps: Deps, job: asyncpg.Record) -> None:
+    async with deps.pool.acquire() as conn:
+        # Scheduled by a handler that had not yet seen the revocation (another replica, or
+        # the need's events read before the consent's).
+        if await repo.consent_revoked(conn, job["need_id"]):
+            await repo.cancel_need_jobs(conn, [job["need_id"]])
+            log.info("job %s (%s) cancelled: consent revoked", job["job_id"], job["kind"])
+            return
     if job["kind"] == JobKind.OFFER_DEADLINE:
         await _expire_offer(deps, job)
     else:

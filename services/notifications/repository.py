@@ -8,18 +8,46 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.events import NeedSubmitted
+from shared.events import ConsentRevoked, NeedSubmitted
 
 
 async def remember_referrer(conn: asyncpg.Connection, need: NeedSubmitted) -> None:
     await conn.execute(
-        "INSERT INTO need_referrers (need_id, worker_ref, notify_email, category, urgency) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO need_referrers (need_id, worker_ref, notify_email, category, urgency, "
+        "person_ref, consent_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         need.need_id,
         need.referrer.worker_ref,
         need.referrer.notify_email,
         need.category.value,
         need.urgency.value,
+        need.person_ref,
+        need.consent.consent_id,
+    )
+
+
+async def record_revocation(conn: asyncpg.Connection, revoked: ConsentRevoked) -> None:
+    await conn.execute(
+        "INSERT INTO revoked_consents (consent_id, person_ref, revoked_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING",
+        revoked.consent_id,
+        revoked.person_ref,
+        revoked.revoked_at,
+    )
+
+
+async def needs_under_consent(conn: asyncpg.Connection, consent_id: UUID) -> list[UUID]:
+    rows = await conn.fetch("SELECT need_id FROM need_referrers WHERE consent_id = $1", consent_id)
+    return [r["need_id"] for r in rows]
+
+
+async def consent_revoked(conn: asyncpg.Connection, need_id: UUID) -> bool:
+    """Whether the need is known to be under a revoked consent."""
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM need_referrers JOIN revoked_consents USING (consent_id) "
+            "WHERE need_id = $1",
+            need_id,
+        )
     )
 
 
@@ -65,6 +93,16 @@ async def set_offer_status(
         only_if,
     )
     return bool(result != "UPDATE 0")
+
+
+async def close_offers(conn: asyncpg.Connection, need_ids: list[UUID], at: datetime) -> None:
+    """Close the needs' offers, so the HTTP API neither lists nor takes answers to them."""
+    await conn.execute(
+        "UPDATE offers SET status = 'closed', updated_at = $2 "
+        "WHERE need_id = ANY($1::uuid[]) AND status <> 'closed'",
+        need_ids,
+        at,
+    )
 
 
 async def offer_for_update(conn: asyncpg.Connection, offer_id: UUID) -> asyncpg.Record | None:
@@ -125,6 +163,16 @@ async def cancel_jobs(conn: asyncpg.Connection, *, offer_id: UUID, kind: str) ->
     )
 
 
+async def cancel_need_jobs(conn: asyncpg.Connection, need_ids: list[UUID]) -> None:
+    """Cancel every pending job of the needs, including one a sender has claimed: finishing
+    it then changes nothing (see finish_job)."""
+    await conn.execute(
+        "UPDATE scheduled_jobs SET status = 'cancelled' "
+        "WHERE need_id = ANY($1::uuid[]) AND status = 'pending'",
+        need_ids,
+    )
+
+
 async def claim_due_jobs(
     conn: asyncpg.Connection, now: datetime, lease: timedelta, limit: int
 ) -> list[asyncpg.Record]:
@@ -146,10 +194,11 @@ async def claim_due_jobs(
 
 
 async def finish_job(conn: asyncpg.Connection, job: asyncpg.Record, at: datetime) -> None:
-    """Mark done, fenced by the claim: a sender whose lease was taken over changes nothing."""
+    """Mark done, fenced by the claim: a sender whose lease was taken over changes nothing,
+    and a job cancelled while it ran stays cancelled."""
     await conn.execute(
         "UPDATE scheduled_jobs SET status = 'done', done_at = $3, lease_until = NULL "
-        "WHERE job_id = $1 AND attempts = $2",
+        "WHERE job_id = $1 AND attempts = $2 AND status = 'pending'",
         job["job_id"],
         job["attempts"],
         at,
@@ -162,7 +211,7 @@ async def fail_job(
     await conn.execute(
         "UPDATE scheduled_jobs SET last_error = $3, lease_until = $4, "
         "status = CASE WHEN attempts >= $5 THEN 'failed' ELSE status END "
-        "WHERE job_id = $1 AND attempts = $2",
+        "WHERE job_id = $1 AND attempts = $2 AND status = 'pending'",
         job["job_id"],
         job["attempts"],
         error,

@@ -6,7 +6,7 @@ from uuid import uuid4
 from services.matching.directory import AgencyService, load_directory
 from services.matching.ranking import NeedView, rank
 from services.matching.settings import DEMO_DIRECTORY
-from shared.events import ConsentScope, NeedCategory
+from shared.events import ConsentRecipients, ConsentScope, NeedCategory
 
 TODAY = date(2026, 11, 21)
 
@@ -26,7 +26,9 @@ def need(
     tried: frozenset[str] = frozenset(),
     expires: date = date(2027, 1, 1),
     languages: frozenset[str] = frozenset({"es"}),
+    named: frozenset[str] | None = None,
 ) -> NeedView:
+    """A need whose consent covers the whole network, or only the ``named`` agencies."""
     return NeedView(
         category=NeedCategory.PEER_SUPPORT,
         postal_code="97214",
@@ -35,6 +37,8 @@ def need(
             consent_id=uuid4(),
             categories=frozenset({NeedCategory.PEER_SUPPORT}),
             expires_on=expires,
+            recipients=ConsentRecipients.NETWORK if named is None else ConsentRecipients.NAMED,
+            named_agencies=named or frozenset(),
         ),
         tried=frozenset(tried),
     )
@@ -70,6 +74,34 @@ def test_nothing_is_offered_outside_an_expired_consent() -> None:
     )
     assert candidates == []
     assert "consent" in excluded[0].reason
+
+
+def test_a_consent_naming_agencies_leaves_every_other_agency_out_and_says_why() -> None:
+    services = [
+        service("ag-a", {"97214"}, {"es"}),
+        service("ag-b", {"97214", "97202"}, {"es"}),
+        service("ag-c", {"97214", "97202", "97206"}, {"es"}),
+    ]
+    candidates, excluded = rank(need(named=frozenset({"ag-b", "ag-c"})), services, TODAY)
+    assert [c.service.agency_id for c in candidates] == ["ag-b", "ag-c"]
+    assert {e.agency_id: e.reason for e in excluded} == {
+        "ag-a": "not named in the person's consent"
+    }
+
+
+def test_a_consent_naming_no_agency_allows_none() -> None:
+    candidates, excluded = rank(
+        need(named=frozenset()), [service("ag-b", {"97214"}, {"es"})], TODAY
+    )
+    assert candidates == []
+    assert [e.reason for e in excluded] == ["not named in the person's consent"]
+
+
+def test_a_network_consent_allows_every_agency_that_serves_the_need() -> None:
+    services = [service("ag-a", {"97214"}, {"es"}), service("ag-b", {"97214"}, {"es"})]
+    candidates, excluded = rank(need(), services, TODAY)
+    assert {c.service.agency_id for c in candidates} == {"ag-a", "ag-b"}
+    assert excluded == []
 
 
 def test_an_agency_with_two_eligible_services_is_one_candidate() -> None:
