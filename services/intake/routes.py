@@ -113,7 +113,7 @@ def _form_context(
         "stages": STAGE_LABELS,
         "insurance": INSURANCE_LABELS,
         "barc10_items": BARC10_ITEMS,
-        "barc10_scale": BARC10_SCALE,
+        "barc10_scale": [(n, f"{n}: {text}") for n, text in BARC10_SCALE.items()],
         "expiry_events": EXPIRY_EVENTS,
         "recipients": ConsentRecipients,
         "consent_information": CONSENT_INFORMATION,

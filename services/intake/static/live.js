@@ -32,3 +32,16 @@ for (const group of document.querySelectorAll("[data-barc10]")) {
   };
   group.addEventListener("change", update);
 }
+
+// An error summary link moves the keyboard focus to its field, not just the view.
+for (const link of document.querySelectorAll(".error-summary a[href^='#']")) {
+  link.addEventListener("click", (event) => {
+    const target = document.getElementById(link.hash.slice(1));
+    if (target) {
+      event.preventDefault();
+      target.scrollIntoView({ block: "center" });
+      target.focus();
+    }
+  });
+}
+document.getElementById("error-summary")?.focus();
