@@ -195,7 +195,10 @@ class NeedIn(_Strict):
 
 
 class ConsentIn(_Strict):
-    confirmed: bool = Field(description="The person has read, or been read, the consent.")
+    confirmed: bool = Field(
+        description="The person has read, or been read, the consent; must be true.",
+        json_schema_extra={"const": True},
+    )
     recipients: ConsentRecipients = ConsentRecipients.NETWORK
     named_agencies: list[AgencyId] = Field(default_factory=list, max_length=20)
     expires_on: date
