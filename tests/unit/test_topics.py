@@ -1,10 +1,17 @@
 import pytest
 
-from shared.topics import CO_PARTITIONED, agency_offers
+from shared.topics import CO_PARTITIONED, CONSENT_EVENTS, PLATFORM_TOPICS, agency_offers
 
 
 def test_co_partitioned_topics_share_the_need_key() -> None:
     assert {spec.key_field for spec in CO_PARTITIONED} == {"need_id"}
+
+
+def test_consent_events_are_keyed_by_person_and_created_with_the_platform() -> None:
+    assert CONSENT_EVENTS.name == "refnet.consent-events.v1"
+    assert CONSENT_EVENTS.key_field == "person_ref"
+    assert CONSENT_EVENTS in PLATFORM_TOPICS
+    assert set(CO_PARTITIONED) <= set(PLATFORM_TOPICS)
 
 
 def test_agency_topic_names_follow_the_contract() -> None:
