@@ -143,7 +143,12 @@ def run_service(name: str) -> None:
         settings = load_settings(IntakeSettings)
         configure_logging(name, settings.log_level)
         uvicorn.run(
-            create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None
+            create_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     elif name == "notifications":
         import uvicorn

@@ -11,6 +11,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -108,6 +109,7 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=static), name="static")
     app.include_router(routes.router)
     app.include_router(api.router)
+    app.add_exception_handler(RequestValidationError, api.validation_error)
     return app
 
 

@@ -98,7 +98,9 @@ async def authenticate(request: Request, email: str, password: str) -> asyncpg.R
     account = email.strip().lower()
     address = request.client.host if request.client else "unknown"
     since = now - timedelta(seconds=settings.login_window_s)
-    async with state.pool.acquire() as conn:
+    async with state.pool.acquire() as conn, conn.transaction():
+        # One account's attempts take turns, so parallel guesses cannot all pass the count.
+        await repo.lock_login(conn, account)
         by_account, by_address = await repo.login_failures_since(conn, account, address, since)
         if (
             by_account >= settings.login_max_failures_per_account

@@ -64,8 +64,12 @@ class FormValues:
                 self._values.setdefault(name, []).append(value)
 
     def get(self, name: str, default: str = "") -> str:
+        return self.raw(name, default).strip()
+
+    def raw(self, name: str, default: str = "") -> str:
+        """As sent, spaces included (a password's spaces are part of it)."""
         values = self._values.get(name)
-        return values[0].strip() if values else default
+        return values[0] if values else default
 
     def all(self, name: str) -> list[str]:
         return self._values.get(name, [])
@@ -74,7 +78,8 @@ class FormValues:
         return self.get(name) == CHECKED
 
     def need_row_count(self) -> int:
-        wanted = int(self.get("need_rows", "0")) if self.get("need_rows").isdigit() else 0
+        rows = self.get("need_rows")
+        wanted = int(rows) if rows.isascii() and rows.isdigit() else 0
         return max(MIN_NEED_ROWS, min(wanted, MAX_NEED_ROWS))
 
 
@@ -91,7 +96,8 @@ def to_request_data(form: FormValues) -> tuple[dict[str, Any], list[int]]:
         "needs": [_section(form, f"needs.{i}", ("category", "urgency", "note")) for i in need_rows],
         "constraints": {
             **{flag: form.checked(f"constraints.{flag}") for flag in CONSTRAINT_FLAGS},
-            "insurance": form.get("constraints.insurance") or "none",
+            # Unanswered is an error on the form: a guess here would mislead agencies.
+            "insurance": form.get("constraints.insurance") or None,
         },
         "consent": {
             **_section(form, "consent", CONSENT_TEXT_FIELDS),
@@ -191,6 +197,20 @@ def _form_field(path: list[str], need_rows: list[int] | None) -> str:
     elif path == ["recovery", "barc10"]:
         path = ["recovery", "barc10", "0"]
     return ".".join(path)
+
+
+def submission_of(form: FormValues) -> UUID | None:
+    try:
+        return UUID(form.get("submission_id"))
+    except ValueError:
+        return None
+
+
+def barc10_total(form: FormValues) -> int | None:
+    ratings = [form.get(f"recovery.barc10.{i}") for i in range(10)]
+    if all(r.isascii() and r.isdigit() for r in ratings):
+        return sum(int(r) for r in ratings)
+    return None
 
 
 def field_id(name: str) -> str:

@@ -65,6 +65,25 @@ class NotThatPerson(ValueError):
     """reuse_person_id names a person whose name and date of birth differ from the form's."""
 
 
+async def intake_of_submission(pool: asyncpg.Pool, submission_id: UUID) -> UUID | None:
+    """The intake a submission already made: a retry gets it back, whatever the date now."""
+    async with pool.acquire() as conn:
+        return await repo.intake_of_submission(conn, submission_id)
+
+
+async def known_persons(
+    pool: asyncpg.Pool, crypto: Crypto, request: IntakeRequest
+) -> list[dict[str, Any]]:
+    person = request.person
+    key = crypto.index.match_key(
+        person.legal_given_name, person.legal_family_name, person.date_of_birth
+    )
+    async with pool.acquire() as conn:
+        return [
+            _candidate(crypto.cipher, row) for row in await repo.persons_by_match_key(conn, key)
+        ]
+
+
 async def submit_intake(
     pool: asyncpg.Pool,
     crypto: Crypto,
@@ -82,9 +101,17 @@ async def submit_intake(
         existing = await repo.lock_submission(conn, request.submission_id)
         if existing is not None:
             return Submitted(existing, created=False)
+        await repo.lock_person(conn, match_key)
         person_id, person_ref = await _person_for(conn, crypto, request, match_key)
         if person_id is None:
             known = await repo.persons_by_match_key(conn, match_key)
+            # Learning that someone is on record is itself a Part 2 fact: leave a trail.
+            log.info(
+                "worker %s was shown %d known person(s) for submission %s",
+                worker["worker_id"],
+                len(known),
+                request.submission_id,
+            )
             return KnownPerson([_candidate(crypto.cipher, row) for row in known])
         intake_id = await _write_intake(
             conn, crypto, clock, worker, request, person_id, person_ref, match_key
@@ -102,7 +129,6 @@ async def _person_for(
         found = await repo.person_by_id(conn, request.reuse_person_id)
         if found is None or found["match_key"] != match_key:
             raise NotThatPerson(str(request.reuse_person_id))
-        await repo.lock_person(conn, found["person_id"])
         return found["person_id"], found["person_ref"]
     if not request.new_person and await repo.persons_by_match_key(conn, match_key):
         return None, uuid4()
@@ -188,7 +214,7 @@ async def _write_intake(
             "consent_id": consent_id,
             "recovery_stage": request.recovery.stage.value,
             "barc10": request.recovery.barc10,
-            "constraints": request.constraints.model_dump(mode="json"),
+            "constraints": request.constraints.as_event().model_dump(mode="json"),
             "created_at": now,
         },
     )
@@ -218,7 +244,7 @@ async def _write_intake(
             languages=tuple(person.languages),
             age_years=age_on(person.date_of_birth, now.date()),
             recovery_stage=request.recovery.stage,
-            constraints=request.constraints,
+            constraints=request.constraints.as_event(),
             consent=scope,
             referrer=referrer,
             submitted_at=now,
@@ -320,6 +346,11 @@ def _check_release(need: asyncpg.Record | None, agency_id: str, now: datetime) -
         raise ReleaseRefused(f"the need is {need['status']}, not accepted")
     if need["revoked_at"] is not None or need["expires_on"] < now.date():
         raise ReleaseRefused("the person's consent is revoked or expired")
+    named = need["recipients"] == "named"
+    if need["category"] not in need["categories"] or (
+        named and agency_id not in need["named_agencies"]
+    ):
+        raise ReleaseRefused("the person's consent does not cover this agency or need")
 
 
 async def accounting_of_disclosures(
@@ -334,10 +365,12 @@ async def accounting_of_disclosures(
 async def reseal_all(pool: asyncpg.Pool, cipher: PiiCipher) -> int:
     """Re-encrypt every sealed value that the current key did not seal (key rotation)."""
     count = 0
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
         for row in await repo.sealed_values(conn):
             if cipher.needs_reseal(row["sealed"]):
                 plain = cipher.open(row["sealed"], row["id"])
-                await repo.reseal(conn, row["tbl"], row["id"], cipher.seal(plain, row["id"]))
-                count += 1
+                new = cipher.seal(plain, row["id"])
+                # Row by row, and only if unchanged since read: a concurrent update wins and
+                # the next run re-seals it.
+                count += await repo.reseal(conn, row["tbl"], row["id"], row["sealed"], new)
     return count

@@ -132,7 +132,8 @@ class PersonIn(_Strict):
     contact_until: time | None = Field(default=None, description="Latest time to contact.")
     languages: list[Literal["en", "es", "vi", "ru", "zh", "so", "ar"]] = Field(min_length=1)
     postal_code: str = Field(pattern=r"^\d{5}(-\d{4})?$", examples=["97214"])
-    county: Annotated[str, StringConstraints(max_length=60)] | None = None
+    # A place name only: the county travels to agencies, so it must not carry free text.
+    county: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z .'-]{0,39}$")] | None = None
 
     @field_validator("preferred_name", "email", "phone", "county", mode="before")
     @classmethod
@@ -187,6 +188,14 @@ class RecoveryIn(_Strict):
         return sum(self.barc10) if self.barc10 else None
 
 
+class ConstraintsIn(Constraints):
+    # Strict as a request: a misspelt constraint must not silently drop a requirement.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def as_event(self) -> Constraints:
+        return Constraints.model_validate(self.model_dump())
+
+
 class NeedIn(_Strict):
     category: NeedCategory
     urgency: Urgency = Urgency.ROUTINE
@@ -224,6 +233,10 @@ class ConsentIn(_Strict):
     def _named_means_some(self) -> Self:
         if self.recipients == ConsentRecipients.NAMED and not self.named_agencies:
             raise _field_error("named_agencies", "Name at least one agency, or choose all.")
+        if self.recipients == ConsentRecipients.NETWORK and self.named_agencies:
+            raise _field_error(
+                "named_agencies", "Leave named agencies empty when sharing with every agency."
+            )
         return self
 
 
@@ -235,7 +248,7 @@ class IntakeRequest(_Strict):
     person: PersonIn
     recovery: RecoveryIn
     needs: list[NeedIn] = Field(min_length=1, max_length=20)
-    constraints: Constraints = Constraints()
+    constraints: ConstraintsIn = ConstraintsIn()
     consent: ConsentIn
     reuse_person_id: UUID | None = Field(
         default=None,

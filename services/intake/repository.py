@@ -35,6 +35,18 @@ async def worker_by_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Re
     )
 
 
+# Advisory-lock namespaces (the first key of the two-key form), so kinds never collide.
+_LOCK_SUBMISSION, _LOCK_PERSON, _LOCK_LOGIN = 1, 2, 3
+
+
+async def _lock(conn: asyncpg.Connection, namespace: int, key: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", namespace, key)
+
+
+async def lock_login(conn: asyncpg.Connection, account: str) -> None:
+    await _lock(conn, _LOCK_LOGIN, account)
+
+
 async def upsert_worker(
     conn: asyncpg.Connection,
     worker_id: UUID,
@@ -46,8 +58,8 @@ async def upsert_worker(
     """Create the worker, or reset the password and role of the one with this email."""
     found: UUID = await conn.fetchval(
         "INSERT INTO workers (worker_id, email, display_name, password_hash, role) "
-        "VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, "
+        "VALUES ($1, lower($2), $3, $4, $5) "
+        "ON CONFLICT (lower(email)) DO UPDATE SET password_hash = EXCLUDED.password_hash, "
         "display_name = EXCLUDED.display_name, role = EXCLUDED.role, active = true "
         "RETURNING worker_id",
         worker_id,
@@ -60,16 +72,18 @@ async def upsert_worker(
 
 
 async def set_worker_active(conn: asyncpg.Connection, email: str, active: bool) -> bool:
-    result = await conn.execute(
-        "UPDATE workers SET active = $2 WHERE lower(email) = lower($1)", email, active
+    worker_id = await conn.fetchval(
+        "UPDATE workers SET active = $2 WHERE lower(email) = lower($1) RETURNING worker_id",
+        email,
+        active,
     )
-    if not active:
+    if worker_id is not None and not active:
         await conn.execute(
-            "UPDATE worker_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND "
-            "worker_id = (SELECT worker_id FROM workers WHERE lower(email) = lower($1))",
-            email,
+            "UPDATE worker_tokens SET revoked_at = now() "
+            "WHERE revoked_at IS NULL AND worker_id = $1",
+            worker_id,
         )
-    return bool(result != "UPDATE 0")
+    return worker_id is not None
 
 
 async def insert_token(
@@ -220,17 +234,22 @@ async def consents_for_person(conn: asyncpg.Connection, person_id: UUID) -> list
 # --- intakes and needs --------------------------------------------------------------------
 
 
-async def lock_submission(conn: asyncpg.Connection, submission_id: UUID) -> UUID | None:
-    """Serialise submissions of one form, then return the intake it already made, if any."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::uuid::text))", submission_id)
+async def intake_of_submission(conn: asyncpg.Connection, submission_id: UUID) -> UUID | None:
     found: UUID | None = await conn.fetchval(
         "SELECT intake_id FROM intakes WHERE submission_id = $1", submission_id
     )
     return found
 
 
-async def lock_person(conn: asyncpg.Connection, person_id: UUID) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::uuid::text))", person_id)
+async def lock_submission(conn: asyncpg.Connection, submission_id: UUID) -> UUID | None:
+    """Serialise submissions of one form, then return the intake it already made, if any."""
+    await _lock(conn, _LOCK_SUBMISSION, str(submission_id))
+    return await intake_of_submission(conn, submission_id)
+
+
+async def lock_person(conn: asyncpg.Connection, match_key: bytes) -> None:
+    """Serialise intakes for one name and date of birth: one new person, not two."""
+    await _lock(conn, _LOCK_PERSON, match_key.hex())
 
 
 async def insert_intake(conn: asyncpg.Connection, intake: dict[str, Any]) -> None:
@@ -383,7 +402,8 @@ async def accepted_need(conn: asyncpg.Connection, need_id: UUID) -> asyncpg.Reco
     return await conn.fetchrow(
         "SELECT n.need_id, n.status, n.agency_id, n.agency_name, n.category, "
         "p.person_id, p.pii, p.preferred_channel, p.contact_from, p.contact_until, "
-        "c.consent_id, c.purpose, c.revoked_at, c.expires_on, c.recipients, c.named_agencies "
+        "c.consent_id, c.purpose, c.revoked_at, c.expires_on, c.recipients, c.named_agencies, "
+        "c.categories "
         "FROM needs n JOIN intakes i USING (intake_id) JOIN persons p USING (person_id) "
         "JOIN consents c ON c.consent_id = i.consent_id WHERE n.need_id = $1",
         need_id,
@@ -405,12 +425,15 @@ async def sealed_values(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
+# Each re-seal applies only if the value is still the one read: an update in between wins.
 _RESEAL = {
-    "persons": "UPDATE persons SET pii = $2 WHERE person_id = $1",
-    "consents": "UPDATE consents SET signature = $2 WHERE consent_id = $1",
-    "needs": "UPDATE needs SET note = $2 WHERE need_id = $1",
+    "persons": "UPDATE persons SET pii = $2 WHERE person_id = $1 AND pii = $3",
+    "consents": "UPDATE consents SET signature = $2 WHERE consent_id = $1 AND signature = $3",
+    "needs": "UPDATE needs SET note = $2 WHERE need_id = $1 AND note = $3",
 }
 
 
-async def reseal(conn: asyncpg.Connection, table: str, row_id: UUID, sealed: bytes) -> None:
-    await conn.execute(_RESEAL[table], row_id, sealed)
+async def reseal(
+    conn: asyncpg.Connection, table: str, row_id: UUID, old: bytes, new: bytes
+) -> bool:
+    return bool(await conn.execute(_RESEAL[table], row_id, new, old) != "UPDATE 0")

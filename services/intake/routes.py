@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import time
 from datetime import date, timedelta
@@ -23,12 +24,23 @@ from services.intake.auth import (
     authenticate,
     csrf_token,
 )
-from services.intake.forms import FormValues, field_id, parse_intake_form
+from services.intake.forms import (
+    MAX_NEED_ROWS,
+    FormValues,
+    barc10_total,
+    field_id,
+    parse_intake_form,
+    submission_of,
+)
 from services.intake.handlers import (
     KnownPerson,
     NotThatPerson,
+    ReleaseRefused,
     Submitted,
     accounting_of_disclosures,
+    intake_of_submission,
+    known_persons,
+    release_contact,
     revoke_consent,
     submit_intake,
 )
@@ -54,6 +66,12 @@ templates.env.filters["field_id"] = field_id
 router = APIRouter(include_in_schema=False)
 
 
+def _today(request: Request) -> date:
+    """Today where the workers are: consent dates are signed in local time, not UTC."""
+    state = request.app.state
+    return state.clock.now().astimezone(state.settings.zone).date()
+
+
 def _render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
     context.setdefault("csrf_token", csrf_token(request))
     response = templates.TemplateResponse(request, name, context, status_code=status_code)
@@ -76,7 +94,7 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request, form: CsrfForm) -> Response:
     email = form.get("email")
     try:
-        worker = await authenticate(request, email, form.get("password"))
+        worker = await authenticate(request, email, form.raw("password"))
     except TooManyAttempts:
         minutes = request.app.state.settings.login_window_s // 60
         error = f"Too many failed logins. Wait {minutes} minutes, or ask an administrator."
@@ -118,18 +136,13 @@ def _form_context(
         "recipients": ConsentRecipients,
         "consent_information": CONSENT_INFORMATION,
         "consent_purpose": CONSENT_PURPOSE,
-        "barc10_total": _barc10_total(values),
+        "barc10_total": barc10_total(values),
     }
-
-
-def _barc10_total(values: FormValues) -> int | None:
-    ratings = [values.get(f"recovery.barc10.{i}") for i in range(10)]
-    return sum(int(r) for r in ratings) if all(r.isdigit() for r in ratings) else None
 
 
 @router.get("/intakes/new", response_class=HTMLResponse, name="new_intake")
 async def new_intake(request: Request, worker: Worker) -> Response:
-    today = request.app.state.clock.now().date()
+    today = _today(request)
     defaults = FormValues(
         {
             "submission_id": str(uuid4()),
@@ -138,7 +151,6 @@ async def new_intake(request: Request, worker: Worker) -> Response:
             "consent.recipients": "network",
             "consent.expires_on": (today + timedelta(days=365)).isoformat(),
             "consent.signed_on": today.isoformat(),
-            "constraints.insurance": "medicaid",
         }.items()
     )
     context = _form_context(request, defaults, {}, defaults.need_row_count())
@@ -151,25 +163,41 @@ async def create_intake(request: Request, worker: Worker, form: CsrfForm) -> Res
     rows = form.need_row_count()
     if form.get("action") == "add-need":
         # Without JavaScript, another need row is one more round trip; nothing is validated.
-        context = _form_context(request, form, {}, min(rows + 1, 20))
+        context = _form_context(request, form, {}, min(rows + 1, MAX_NEED_ROWS))
         return _render(request, "intake_form.html", worker=worker, focus_row=rows, **context)
-    parsed, errors = parse_intake_form(form, state.clock.now().date())
+    submission = submission_of(form)
+    done = submission and await intake_of_submission(state.pool, submission)
+    if done:  # a resubmission: whatever it says now, it already made this intake
+        return RedirectResponse(f"/intakes/{done}", status_code=303)
+    parsed, errors = parse_intake_form(form, _today(request))
     if parsed is None:
         context = _form_context(request, form, errors, rows)
         return _render(request, "intake_form.html", 422, worker=worker, **context)
     try:
         outcome = await submit_intake(state.pool, state.crypto, state.clock, worker, parsed)
     except NotThatPerson:
-        errors = {"person_match": "That person's name or date of birth differs; choose again."}
-        context = _form_context(request, form, errors, rows)
-        return _render(request, "intake_form.html", 422, worker=worker, **context)
+        matches = await known_persons(state.pool, state.crypto, parsed)
+        return _ask_which_person(request, worker, form, rows, matches, NOT_THAT_PERSON)
     if isinstance(outcome, KnownPerson):
-        context = _form_context(request, form, {}, rows)
-        return _render(
-            request, "intake_form.html", 409, worker=worker, matches=outcome.candidates, **context
-        )
+        return _ask_which_person(request, worker, form, rows, outcome.candidates, WHICH_PERSON)
     assert isinstance(outcome, Submitted)
     return RedirectResponse(f"/intakes/{outcome.intake_id}", status_code=303)
+
+
+WHICH_PERSON = "Someone with this name and date of birth is on record: reuse them or create new."
+NOT_THAT_PERSON = "That record has another name or date of birth: choose again."
+
+
+def _ask_which_person(
+    request: Request,
+    worker: Any,
+    form: FormValues,
+    rows: int,
+    matches: list[dict[str, Any]],
+    message: str,
+) -> Response:
+    context = _form_context(request, form, {"person_match": message}, rows)
+    return _render(request, "intake_form.html", 409, worker=worker, matches=matches, **context)
 
 
 # --- the dashboard and the tracker ---------------------------------------------------------
@@ -190,7 +218,12 @@ async def _dashboard(request: Request, worker: Any) -> dict[str, Any]:
         dict(row, person=_display_name(state.cipher.open(row["pii"], row["person_id"])))
         for row in intakes
     ]
-    return {"worker": worker, "open_needs": rows, "intakes": recent}
+    return {
+        "worker": worker,
+        "open_needs": rows,
+        "intakes": recent,
+        "live_version": _version([view for view, _, _ in rows]),
+    }
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -219,6 +252,7 @@ async def _tracker(request: Request, intake_id: UUID, worker: Any) -> dict[str, 
         "person": state.cipher.open(intake["pii"], intake["person_id"]),
         "needs": views,
         "searching": any(v.status in SEARCHING for v in views),
+        "live_version": _version([views, intake["consent_revoked_at"]]),
         "stages": STAGE_LABELS,
         "languages": LANGUAGES,
         "revocation_methods": REVOCATION_METHODS,
@@ -246,8 +280,28 @@ async def revoke(request: Request, intake_id: UUID, worker: Worker, form: CsrfFo
     if method not in REVOCATION_METHODS or form.get("confirm") != "yes":
         context = await _tracker(request, intake_id, worker)
         error = "Choose how the person revoked consent and tick the confirmation."
-        return _render(request, "intake_status.html", 422, revoke_error=error, **context)
+        return _render(
+            request, "intake_status.html", 422, revoke_error=error, revoke_method=method, **context
+        )
     await revoke_consent(state.pool, state.clock, intake["consent_id"], worker, method)
+    return RedirectResponse(f"/intakes/{intake_id}", status_code=303)
+
+
+@router.post("/intakes/{intake_id}/needs/{need_id}/contact-released")
+async def record_contact_release(
+    request: Request, intake_id: UUID, need_id: UUID, worker: Worker, form: CsrfForm
+) -> Response:
+    """The worker gave the person's contact details to the accepting agency (by phone, say):
+    checked against the consent and written to the disclosure ledger like any release."""
+    state = request.app.state
+    context = await _tracker(request, intake_id, worker)
+    need = next((n for n in context["needs"] if n.need_id == str(need_id)), None)
+    if need is None or need.agency_id is None:
+        raise HTTPException(404, "No such need on this intake.")
+    try:
+        await release_contact(state.pool, state.crypto, state.clock, need_id, need.agency_id)
+    except ReleaseRefused as refused:
+        return _render(request, "intake_status.html", 409, release_error=str(refused), **context)
     return RedirectResponse(f"/intakes/{intake_id}", status_code=303)
 
 
@@ -255,14 +309,17 @@ async def revoke(request: Request, intake_id: UUID, worker: Worker, form: CsrfFo
 
 
 @router.get("/admin/persons", response_class=HTMLResponse)
-async def find_person(request: Request, admin: Admin) -> Response:
-    query = FormValues(request.query_params.multi_items())
-    found: list[dict[str, Any]] = []
-    error = None
-    if query.get("family_name"):
-        found, error = await _search_person(request, query)
+async def find_person_page(request: Request, admin: Admin) -> Response:
+    query = FormValues([])
+    return _render(request, "admin_persons.html", worker=admin, query=query, found=[], error=None)
+
+
+@router.post("/admin/persons", response_class=HTMLResponse)
+async def find_person(request: Request, admin: Admin, form: CsrfForm) -> Response:
+    # POST, not GET: a name and date of birth must never sit in a URL, a log or history.
+    found, error = await _search_person(request, form)
     return _render(
-        request, "admin_persons.html", worker=admin, query=query, found=found, error=error
+        request, "admin_persons.html", worker=admin, query=form, found=found, error=error
     )
 
 
@@ -343,6 +400,11 @@ async def disclosures_csv(request: Request, person_id: UUID, admin: Admin) -> Re
             "Cache-Control": "no-store",
         },
     )
+
+
+def _version(shown: object) -> str:
+    """Changes whenever what a live region shows changes, so the page swaps only then."""
+    return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
 
 
 def _display_name(pii: dict[str, Any]) -> str:

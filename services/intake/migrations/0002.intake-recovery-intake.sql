@@ -3,6 +3,9 @@
 -- submission, API tokens, login throttling, the tracker's columns and the disclosure ledger.
 
 ALTER TABLE workers ADD CONSTRAINT workers_role CHECK (role IN ('intake_worker', 'admin'));
+-- Login looks accounts up case-insensitively, so uniqueness must be case-insensitive too.
+UPDATE workers SET email = lower(email);
+CREATE UNIQUE INDEX workers_email_lower ON workers (lower(email));
 
 CREATE TABLE worker_tokens (
     token_digest bytea PRIMARY KEY,          -- sha256 of the token; the token is shown once
@@ -89,3 +92,5 @@ BEGIN
 END $$;
 CREATE TRIGGER disclosures_append_only BEFORE UPDATE OR DELETE ON disclosures
     FOR EACH ROW EXECUTE FUNCTION disclosures_append_only();
+CREATE TRIGGER disclosures_never_truncated BEFORE TRUNCATE ON disclosures
+    FOR EACH STATEMENT EXECUTE FUNCTION disclosures_append_only();

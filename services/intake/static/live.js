@@ -1,24 +1,33 @@
 // Progressive enhancement only: every page works without this file.
 
-// Keep a region current without reloading the page: fetch its fragment URL every few
-// seconds and swap it in when it changed. Without JavaScript, a <noscript> refresh does this.
+// Keep a region current without reloading the page: fetch its fragment every few seconds and
+// swap it in when its version changed. The fragment says when there is nothing left to wait
+// for. Without JavaScript the page offers a refresh link instead.
+const versionOf = (root) => root.querySelector("[data-live-version]")?.dataset.liveVersion;
+const finished = (root) => root.querySelector("[data-live-continue='no']") !== null;
+
 for (const region of document.querySelectorAll("[data-live-src]")) {
   const every = Number(region.dataset.liveEvery || 2000);
-  let last = null;
+  const announce = document.getElementById(region.dataset.liveAnnounce || "");
   const refresh = async () => {
     try {
       const response = await fetch(region.dataset.liveSrc, { credentials: "same-origin" });
       if (response.redirected) { window.location.assign(response.url); return; }
       if (response.ok) {
-        const html = await response.text();
-        if (html !== last) { last = html; region.innerHTML = html; }
+        const next = document.createElement("div");
+        next.innerHTML = await response.text();
+        if (versionOf(next) !== versionOf(region)) {
+          region.replaceChildren(...next.childNodes);
+          if (announce) announce.textContent = "Referral statuses updated.";
+        }
+        if (finished(region)) return;
       }
     } catch (error) {
       // The service is briefly unreachable: try again at the next tick.
     }
     setTimeout(refresh, every);
   };
-  setTimeout(refresh, every);
+  if (!finished(region)) setTimeout(refresh, every);
 }
 
 // Show the BARC-10 total as the ratings are chosen.
