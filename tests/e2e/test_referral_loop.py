@@ -4,62 +4,30 @@ and HTTP API, the worker's mailbox, and the clock moving on to aftercare."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.intake.models import age_on
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
 from shared.clock import OffsetFileClock
 from shared.cloudevents import decode
-from shared.events import ReferralOffered
+from shared.events import Insurance, RecoveryStage, ReferralOffered
 from shared.topics import agency_offers
-from tests.e2e.browser import WorkerBrowser
+from tests.e2e.browser import (
+    Person,
+    WorkerBrowser,
+    intake_form,
+    stack_today,
+)
+from tests.e2e.cli import refnet_cli
 from tests.kafka_reader import eventually, list_topics, read_topic
 
 pytestmark = pytest.mark.e2e
-
-PERSON = {
-    "given_name": "Marisol",
-    "family_name": "Quintanilla-Verdugo",
-    "email": "marisol.qv@example.net",
-    "phone": "503-555-0142",
-    "street_address": "4127 SE Hawthorne Blvd",
-}
-INTAKE_FORM = {
-    **PERSON,
-    "postal_code": "97214",
-    "preferred_language": "es",
-    "needs-0-category": "peer-support",
-    "needs-0-urgency": "urgent",
-    "needs-1-category": "employment",
-    "needs-1-urgency": "routine",
-    "consent_given": "yes",
-    "consent_expires_on": (date.today() + timedelta(days=365)).isoformat(),
-}
-
-
-def refnet_cli(stack: LocalStack, *args: str) -> str:
-    assert stack.infra is not None
-    env = {
-        **os.environ,
-        "DATABASE_URL": stack.infra.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.infra.kafka_bootstrap_servers,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout
 
 
 async def offers_on_topic(stack: LocalStack, agency_id: str) -> list[ReferralOffered]:
@@ -70,9 +38,40 @@ async def offers_on_topic(stack: LocalStack, agency_id: str) -> list[ReferralOff
     return [e for e in events if isinstance(e, ReferralOffered)]
 
 
-def mail_with(stack: LocalStack, subject_part: str) -> list[Any]:
+async def offers_not_yet_read(stack: LocalStack, agency_id: str) -> int:
+    """Offers on the agency's topic after what its reference consumer group has committed:
+    how many `refnet agency listen` will see (other tests may have listened before)."""
+    assert stack.infra is not None
+    bootstrap = stack.infra.kafka_bootstrap_servers
+    spec = agency_offers(agency_id)
+    records = await read_topic(bootstrap, spec.name)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=f"agency-{agency_id}", enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        start = {
+            p: await reader.committed(TopicPartition(spec.name, p))
+            for p in {r.partition for r in records}
+        }
+    finally:
+        await reader.stop()
+    return sum(
+        1
+        for r in records
+        if r.offset >= (start.get(r.partition) or 0)
+        and isinstance(decode(spec, r.key, r.value, r.headers).event, ReferralOffered)
+    )
+
+
+def mail_about(stack: LocalStack, subject_part: str, need_ids: set[str]) -> list[Any]:
+    """Mail with that subject about one of these needs (other tests' needs get mail too)."""
     assert stack.mail is not None
-    return [m for m in stack.mail.messages if subject_part in str(m["Subject"])]
+    return [
+        m
+        for m in stack.mail.messages
+        if subject_part in str(m["Subject"]) and any(n in m.get_content() for n in need_ids)
+    ]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -80,10 +79,12 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
     # Given the demo worker is logged in
     worker = WorkerBrowser(stack.intake_url)
     login = worker.log_in(DEMO_WORKER_EMAIL, stack.secrets["DEMO_WORKER_PASSWORD"])
-    assert login.status_code == 200 and "Your intakes" in login.text
+    assert login.status_code == 200 and "Dashboard" in login.text
 
-    # When they submit an intake with two needs
-    submitted = worker.submit_intake(INTAKE_FORM)
+    # When they submit an intake with two needs for someone new
+    person = Person.new()
+    today = stack_today(stack)
+    submitted = worker.submit_intake(intake_form(person, today))
     assert submitted.status_code == 200, submitted.text
     intake_path = submitted.url.path
     assert intake_path.startswith("/intakes/")
@@ -94,6 +95,7 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
         "both needs offered",
     )
     assert len(rows) == 2
+    need_ids = {r.need_id for r in rows}
 
     # And each offer can be read back from its agency's topic with a plain Kafka consumer
     async def offer_for(row: Any) -> list[ReferralOffered]:
@@ -121,7 +123,8 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
     await eventually(
         lambda: worker.status(intake_path)[0].status == "accepted", "first need accepted"
     )
-    pending = len(await offers_on_topic(stack, second.agency_id))
+    pending = await offers_not_yet_read(stack, second.agency_id)
+    assert pending >= 1
     refnet_cli(
         stack, "agency", "listen", second.agency_id, "--accept", "--max-offers", str(pending)
     )
@@ -132,22 +135,26 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
     )
     acceptance_mail = await eventually(
         lambda: (
-            len(mail_with(stack, "Referral accepted")) >= 2
-            and mail_with(stack, "Referral accepted")
+            len(mail_about(stack, "Referral accepted", need_ids)) >= 2
+            and mail_about(stack, "Referral accepted", need_ids)
         ),
         "two acceptance emails",
     )
 
     # When a day passes
-    assert not mail_with(stack, "Aftercare check-in (day 1)")
+    assert not mail_about(stack, "Aftercare check-in (day 1)", need_ids)
     OffsetFileClock(stack.clock_offset_file).advance(timedelta(days=1, minutes=1))
     await eventually(
-        lambda: len(mail_with(stack, "Aftercare check-in (day 1)")) >= 2, "day-1 reminders"
+        lambda: len(mail_about(stack, "Aftercare check-in (day 1)", need_ids)) >= 2,
+        "day-1 reminders",
     )
     # Give the scheduler many more cycles in which a duplicate would show up.
     await asyncio.sleep(2)
     return {
+        "person": person,
+        "today": today,
         "rows": final,
+        "need_ids": need_ids,
         "offers": offers,
         "acceptance_mail": acceptance_mail,
         "second_listen_pending": pending,
@@ -164,18 +171,26 @@ async def test_each_need_is_offered_then_accepted_on_the_status_page(
 
 
 async def test_offers_carry_the_need_but_not_the_person(referral_loop: dict[str, Any]) -> None:
+    person: Person = referral_loop["person"]
+    today: date = referral_loop["today"]
     for offer in referral_loop["offers"].values():
         assert offer.postal_code == "97214"
-        assert offer.languages == ("es",)
+        assert offer.county == "Multnomah"
+        assert set(offer.languages) == {"es", "en"}
+        assert offer.recovery_stage == RecoveryStage.EARLY_RECOVERY
+        assert offer.age_years == age_on(date.fromisoformat(person.date_of_birth), today)
+        assert offer.constraints.needs_child_care and offer.constraints.mat_friendly_required
+        assert not offer.constraints.has_transportation
+        assert offer.constraints.insurance == Insurance.MEDICAID
         assert offer.explanation, "every offer explains its ranking"
 
 
 async def test_the_worker_is_emailed_when_an_agency_accepts(
     stack: LocalStack, referral_loop: dict[str, Any]
 ) -> None:
-    mails = mail_with(stack, "Referral accepted")
+    need_ids = referral_loop["need_ids"]
+    mails = mail_about(stack, "Referral accepted", need_ids)
     assert {str(m["To"]) for m in mails} == {DEMO_WORKER_EMAIL}
-    need_ids = {r.need_id for r in referral_loop["rows"]}
     assert {next(n for n in need_ids if n in m.get_content()) for m in mails} == need_ids
     assert len(mails) == 2
 
@@ -183,12 +198,13 @@ async def test_the_worker_is_emailed_when_an_agency_accepts(
 async def test_first_aftercare_reminder_is_delivered_exactly_once_per_need(
     stack: LocalStack, referral_loop: dict[str, Any]
 ) -> None:
-    reminders = mail_with(stack, "Aftercare check-in (day 1)")
+    need_ids = referral_loop["need_ids"]
+    reminders = mail_about(stack, "Aftercare check-in (day 1)", need_ids)
     per_need = [
         sum(1 for m in reminders if r.need_id in m.get_content()) for r in referral_loop["rows"]
     ]
     assert per_need == [1, 1]
-    assert not mail_with(stack, "Aftercare check-in (day 7)")
+    assert not mail_about(stack, "Aftercare check-in (day 7)", need_ids)
 
 
 async def test_no_topic_carries_the_persons_identifiers(
@@ -197,16 +213,10 @@ async def test_no_topic_carries_the_persons_identifiers(
     assert stack.infra is not None
     bootstrap = stack.infra.kafka_bootstrap_servers
     topics = [t for t in await list_topics(bootstrap) if t.startswith("refnet.")]
-    forbidden = [
-        PERSON["given_name"],
-        PERSON["family_name"],
-        PERSON["email"],
-        PERSON["phone"],
-        PERSON["phone"].replace("-", ""),
-        PERSON["street_address"],
-        "Hawthorne",
-    ]
-    scanned = 0
+    person: Person = referral_loop["person"]
+    forbidden = person.identifiers
+    assert {person.phone, person.phone.replace("-", ""), person.date_of_birth} <= set(forbidden)
+    scanned, seen_needs = 0, set()
     for topic in topics:
         for record in await read_topic(bootstrap, topic):
             scanned += 1
@@ -220,6 +230,8 @@ async def test_no_topic_carries_the_persons_identifiers(
             )
             leaks = [f for f in forbidden if f.lower() in blob]
             assert not leaks, f"{topic}@{record.offset} carries {leaks}"
+            seen_needs |= {n for n in referral_loop["need_ids"] if n in blob}
     # The scan must have seen the flow's traffic, or it proves nothing.
     assert scanned >= 8
+    assert seen_needs == referral_loop["need_ids"]
     assert any(t.startswith("refnet.agency.") for t in topics)
