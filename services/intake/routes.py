@@ -72,9 +72,9 @@ def _today(request: Request) -> date:
     return state.clock.now().astimezone(state.settings.zone).date()
 
 
-def _render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     context.setdefault("csrf_token", csrf_token(request))
-    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response = templates.TemplateResponse(request, template, context, status_code=status_code)
     # Pages show a person's details: never keep them in a shared cache or the back button.
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -359,7 +359,7 @@ async def disclosures_page(request: Request, person_id: UUID, admin: Admin) -> R
         "admin_disclosures.html",
         worker=admin,
         person_id=person_id,
-        name=_display_name(pii),
+        person_name=_display_name(pii),
         disclosures=rows,
     )
 
@@ -381,17 +381,16 @@ async def disclosures_csv(request: Request, person_id: UUID, admin: Admin) -> Re
         ]
     )
     for row in rows:
-        writer.writerow(
-            [
-                row["disclosed_at"].isoformat(),
-                row["recipient_id"],
-                row["recipient"],
-                "; ".join(row["information"]),
-                row["purpose"],
-                row["consent_id"],
-                row["need_id"],
-            ]
-        )
+        cells = [
+            row["disclosed_at"].isoformat(),
+            row["recipient_id"],
+            row["recipient"],
+            "; ".join(row["information"]),
+            row["purpose"],
+            row["consent_id"],
+            row["need_id"],
+        ]
+        writer.writerow([_inert(cell) for cell in cells])
     return Response(
         out.getvalue(),
         media_type="text/csv",
@@ -400,6 +399,12 @@ async def disclosures_csv(request: Request, person_id: UUID, admin: Admin) -> Re
             "Cache-Control": "no-store",
         },
     )
+
+
+def _inert(cell: object) -> str:
+    """A spreadsheet must show a cell, never run it: a leading formula sign is escaped."""
+    text = "" if cell is None else str(cell)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def _version(shown: object) -> str:
