@@ -9,6 +9,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.cloudevents import decode
+from shared.events import Event
+from shared.topics import TopicSpec
+
 
 async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every record currently on the topic, all partitions, from the beginning."""
@@ -33,6 +37,12 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
         return records
     finally:
         await consumer.stop()
+
+
+async def read_events(bootstrap: str, spec: TopicSpec) -> list[Event]:
+    """Every event on the topic, decoded strictly as a refnet consumer would."""
+    records = await read_topic(bootstrap, spec.name)
+    return [decode(spec, r.key, r.value, r.headers).event for r in records]
 
 
 async def list_topics(bootstrap: str) -> list[str]:

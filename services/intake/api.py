@@ -20,6 +20,7 @@ from services.intake.handlers import (
     intake_of_submission,
     revoke_consent,
     submit_intake,
+    tracked_intake,
 )
 from services.intake.models import IntakeRequest, check_dates
 from services.intake.tracker import need_view
@@ -187,11 +188,10 @@ async def revoke(
 
 async def _status(request: Request, intake_id: UUID, worker: Any) -> IntakeStatus:
     state = request.app.state
-    async with state.pool.acquire() as conn:
-        intake = await repo.intake_for_worker(conn, intake_id, worker)
-        if intake is None:
-            raise HTTPException(404, "No such intake, or it is not one of yours.")
-        needs = await repo.needs_of_intake(conn, intake_id)
+    found = await tracked_intake(state.pool, intake_id, worker)
+    if found is None:
+        raise HTTPException(404, "No such intake, or it is not one of yours.")
+    intake, needs = found
     now = state.clock.now()
     return IntakeStatus(
         intake_id=intake_id,

@@ -96,7 +96,6 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     app.state.crypto = Crypto(
         PiiCipher(settings.pii_keys), PersonIndex(settings.pii_index_key.get_secret_value())
     )
-    app.state.cipher = app.state.crypto.cipher
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.secret_key.get_secret_value(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -71,17 +71,34 @@ async def intake_of_submission(pool: asyncpg.Pool, submission_id: UUID) -> UUID 
         return await repo.intake_of_submission(conn, submission_id)
 
 
+async def find_persons(
+    pool: asyncpg.Pool, crypto: Crypto, given_name: str, family_name: str, dob: date
+) -> list[dict[str, Any]]:
+    """Everyone on record with this legal name and date of birth, found by their digest."""
+    key = crypto.index.match_key(given_name, family_name, dob)
+    async with pool.acquire() as conn:
+        rows = await repo.persons_by_match_key(conn, key)
+    return [_candidate(crypto.cipher, row) for row in rows]
+
+
 async def known_persons(
     pool: asyncpg.Pool, crypto: Crypto, request: IntakeRequest
 ) -> list[dict[str, Any]]:
     person = request.person
-    key = crypto.index.match_key(
-        person.legal_given_name, person.legal_family_name, person.date_of_birth
+    return await find_persons(
+        pool, crypto, person.legal_given_name, person.legal_family_name, person.date_of_birth
     )
+
+
+async def tracked_intake(
+    pool: asyncpg.Pool, intake_id: UUID, worker: asyncpg.Record
+) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    """The intake and its needs, or None unless this worker took it (or is an admin)."""
     async with pool.acquire() as conn:
-        return [
-            _candidate(crypto.cipher, row) for row in await repo.persons_by_match_key(conn, key)
-        ]
+        intake = await repo.intake_for_worker(conn, intake_id, worker)
+        if intake is None:
+            return None
+        return intake, await repo.needs_of_intake(conn, intake_id)
 
 
 async def submit_intake(

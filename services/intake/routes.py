@@ -38,11 +38,13 @@ from services.intake.handlers import (
     ReleaseRefused,
     Submitted,
     accounting_of_disclosures,
+    find_persons,
     intake_of_submission,
     known_persons,
     release_contact,
     revoke_consent,
     submit_intake,
+    tracked_intake,
 )
 from services.intake.models import (
     BARC10_ITEMS,
@@ -210,12 +212,16 @@ async def _dashboard(request: Request, worker: Any) -> dict[str, Any]:
         needs = await repo.open_needs(conn, worker)
         intakes = await repo.recent_intakes(conn, worker)
     rows = [
-        (need_view(row, now), _display_name(state.cipher.open(row["pii"], row["person_id"])), row)
+        (
+            need_view(row, now),
+            _display_name(state.crypto.cipher.open(row["pii"], row["person_id"])),
+            row,
+        )
         for row in needs
     ]
     rows.sort(key=lambda r: (not r[0].stuck, r[2]["status_at"]))
     recent = [
-        dict(row, person=_display_name(state.cipher.open(row["pii"], row["person_id"])))
+        dict(row, person=_display_name(state.crypto.cipher.open(row["pii"], row["person_id"])))
         for row in intakes
     ]
     return {
@@ -239,17 +245,16 @@ async def dashboard_needs(request: Request, worker: Worker) -> Response:
 
 async def _tracker(request: Request, intake_id: UUID, worker: Any) -> dict[str, Any]:
     state = request.app.state
-    async with state.pool.acquire() as conn:
-        intake = await repo.intake_for_worker(conn, intake_id, worker)
-        if intake is None:
-            raise HTTPException(404, "No such intake, or it is not one of yours.")
-        needs = await repo.needs_of_intake(conn, intake_id)
+    found = await tracked_intake(state.pool, intake_id, worker)
+    if found is None:
+        raise HTTPException(404, "No such intake, or it is not one of yours.")
+    intake, needs = found
     now = state.clock.now()
     views = [need_view(row, now) for row in needs]
     return {
         "worker": worker,
         "intake": intake,
-        "person": state.cipher.open(intake["pii"], intake["person_id"]),
+        "person": state.crypto.cipher.open(intake["pii"], intake["person_id"]),
         "needs": views,
         "searching": any(v.status in SEARCHING for v in views),
         "live_version": _version([views, intake["consent_revoked_at"]]),
@@ -331,13 +336,9 @@ async def _search_person(
         dob = date.fromisoformat(query.get("date_of_birth"))
     except ValueError:
         return [], "Enter the date of birth as YYYY-MM-DD."
-    key = state.crypto.index.match_key(query.get("given_name"), query.get("family_name"), dob)
-    async with state.pool.acquire() as conn:
-        rows = await repo.persons_by_match_key(conn, key)
-    found = [
-        dict(row, name=_display_name(state.cipher.open(row["pii"], row["person_id"])))
-        for row in rows
-    ]
+    found = await find_persons(
+        state.pool, state.crypto, query.get("given_name"), query.get("family_name"), dob
+    )
     return found, None if found else "No person with that name and date of birth."
 
 
@@ -348,7 +349,7 @@ async def _accounting(request: Request, person_id: UUID) -> tuple[dict[str, Any]
     if person is None:
         raise HTTPException(404, "No such person.")
     rows = await accounting_of_disclosures(state.pool, state.clock, person_id)
-    return state.cipher.open(person["pii"], person_id), rows
+    return state.crypto.cipher.open(person["pii"], person_id), rows
 
 
 @router.get("/admin/persons/{person_id}/disclosures", response_class=HTMLResponse)

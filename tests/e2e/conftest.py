@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+import pytest_asyncio
 
 from services.local_stack import LocalStack, Ports
 
@@ -30,3 +32,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             text = log.read_text(errors="replace")
             if "Traceback" in text:
                 print(f"--- {log.name} (has tracebacks) ---\n{text[-6000:]}")  # noqa: T201
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
+    """The intake service's own tables, read as an auditor would."""
+    assert stack.infra is not None
+    conn = await asyncpg.connect(stack.infra.database_url)
+    await conn.execute("SET search_path TO intake")
+    yield conn
+    await conn.close()

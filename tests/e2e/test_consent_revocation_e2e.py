@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
-from shared.cloudevents import decode
 from shared.events import Event, OfferWithdrawn, ReferralOffered
 from shared.topics import agency_offers
 from tests.e2e.browser import (
@@ -17,16 +16,14 @@ from tests.e2e.browser import (
     intake_form,
     stack_today,
 )
-from tests.kafka_reader import eventually, read_topic
+from tests.kafka_reader import eventually, read_events
 
 pytestmark = pytest.mark.e2e
 
 
 async def agency_topic(stack: LocalStack, agency_id: str) -> list[Event]:
     assert stack.infra is not None
-    spec = agency_offers(agency_id)
-    records = await read_topic(stack.infra.kafka_bootstrap_servers, spec.name)
-    return [decode(spec, r.key, r.value, r.headers).event for r in records]
+    return await read_events(stack.infra.kafka_bootstrap_servers, agency_offers(agency_id))
 
 
 async def test_revoking_consent_withdraws_every_open_offer_and_cancels_the_needs(

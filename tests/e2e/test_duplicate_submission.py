@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
 from shared.cloudevents import PoisonMessage, decode
@@ -33,15 +31,6 @@ pytestmark = pytest.mark.e2e
 
 INTAKE_PATH = re.compile(r"/intakes/([0-9a-f-]{36})")
 PARALLEL = 5
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
-    assert stack.infra is not None
-    conn = await asyncpg.connect(stack.infra.database_url)
-    await conn.execute("SET search_path TO intake")
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture

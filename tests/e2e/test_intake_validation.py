@@ -3,11 +3,8 @@ writes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
 from tests.e2e.browser import (
@@ -26,15 +23,6 @@ pytestmark = pytest.mark.e2e
 INTAKE_TABLES = ("persons", "consents", "intakes", "needs", "outbox")
 # Nothing invalid is ever written, so every rejected form can be for the same person.
 PERSON = Person.new("Tomasz", "Wierzbicki")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
-    assert stack.infra is not None
-    conn = await asyncpg.connect(stack.infra.database_url)
-    await conn.execute("SET search_path TO intake")
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,14 @@ from tests.e2e.browser import (
     stack_today,
 )
 from tests.e2e.cli import refnet_cli
-from tests.kafka_reader import eventually, list_topics, read_topic
+from tests.kafka_reader import eventually, list_topics, read_events, read_topic
 
 pytestmark = pytest.mark.e2e
 
 
 async def offers_on_topic(stack: LocalStack, agency_id: str) -> list[ReferralOffered]:
     assert stack.infra is not None
-    spec = agency_offers(agency_id)
-    records = await read_topic(stack.infra.kafka_bootstrap_servers, spec.name)
-    events = [decode(spec, r.key, r.value, r.headers).event for r in records]
+    events = await read_events(stack.infra.kafka_bootstrap_servers, agency_offers(agency_id))
     return [e for e in events if isinstance(e, ReferralOffered)]
 
 

@@ -4,22 +4,16 @@ consent, need and referral events are read in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from uuid import UUID, uuid4
 
-import asyncpg
 import pytest
 
 from services.notifications import repository as repo
 from services.notifications.handlers import Answer, Deps, answer_offer, handle_event, run_due_jobs
-from services.notifications.mailer import Mailer
-from services.notifications.settings import NotificationsSettings
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope
-from shared.embedded import free_port
 from shared.events import (
     ConsentRevoked,
     Event,
@@ -32,30 +26,6 @@ from tests.factories import need_submitted
 
 pytestmark = pytest.mark.integration
 AGENCY = "ag-001"
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    smtp = SmtpSink(tmp_path / "mail", free_port())
-    smtp.start()
-    yield smtp
-    smtp.stop()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
-
-
-@pytest.fixture
-def deps(notifications_pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
-    settings = NotificationsSettings(
-        database_url="postgresql://unused",
-        kafka_bootstrap_servers="unused",
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-    )
-    return Deps(notifications_pool, clock, settings, Mailer(settings))
 
 
 async def deliver(deps: Deps, event: Event) -> None:

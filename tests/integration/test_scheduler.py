@@ -5,9 +5,7 @@ not marked done is not repeated."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from uuid import uuid4
 
 import asyncpg
@@ -15,39 +13,12 @@ import pytest
 
 from services.notifications import repository as repo
 from services.notifications.handlers import Deps, JobKind, job_id, run_due_jobs
-from services.notifications.mailer import Mailer
-from services.notifications.settings import NotificationsSettings
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
-from shared.embedded import free_port
 from shared.events import NeedCategory, NeedSubmitted
 from tests.factories import need_submitted
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    smtp = SmtpSink(tmp_path / "mail", free_port())
-    smtp.start()
-    yield smtp
-    smtp.stop()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 11, 22, 9, tzinfo=UTC))
-
-
-@pytest.fixture
-def deps(notifications_pool: asyncpg.Pool, sink: SmtpSink, clock: ManualClock) -> Deps:
-    settings = NotificationsSettings(
-        database_url="postgresql://unused",
-        kafka_bootstrap_servers="unused",
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-    )
-    return Deps(notifications_pool, clock, settings, Mailer(settings))
 
 
 async def given_a_due_reminder(pool: asyncpg.Pool, clock: ManualClock) -> NeedSubmitted:
