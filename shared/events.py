@@ -107,6 +107,20 @@ class Insurance(StrEnum):
     NONE = "none"
 
 
+class Gender(StrEnum):
+    """Asked only so gender-specific services can be matched; never required."""
+
+    WOMAN = "woman"
+    MAN = "man"
+    NONBINARY = "nonbinary"
+
+
+class CapacityStatus(StrEnum):
+    CAPACITY = "capacity"
+    NO_CAPACITY = "no-capacity"
+    WAITLIST = "waitlist"
+
+
 class Constraints(BaseModel):
     """What agencies use to decide whether they can serve the person. Coarse on purpose."""
 
@@ -165,6 +179,7 @@ class NeedSubmitted(Event):
     # Whole years; 90 stands for 90 or older (HIPAA safe harbor never sends a higher age).
     age_years: int | None = Field(default=None, ge=0, le=90)
     recovery_stage: RecoveryStage | None = None
+    gender: Gender | None = None
     constraints: Constraints = Constraints()
     consent: ConsentScope
     referrer: Referrer
@@ -185,6 +200,7 @@ class ReferralOffered(Event):
     offer_id: UUID
     need_id: UUID
     agency_id: str
+    service_id: str | None = None  # the agency's HSDS service the need was matched to
     attempt: int
     category: NeedCategory
     urgency: Urgency
@@ -193,13 +209,28 @@ class ReferralOffered(Event):
     languages: tuple[str, ...]
     age_years: int | None = None
     recovery_stage: RecoveryStage | None = None
+    gender: Gender | None = None
     constraints: Constraints = Constraints()
     respond_by: AwareDatetime
+    # Why this agency: the ranking's score and each factor behind it.
+    score: float | None = None
     explanation: tuple[MatchFactor, ...] = ()
 
 
 class OfferWithdrawn(Event):
     ce_type: ClassVar[str] = "org.refnet.referral.offer-withdrawn"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    reason: str
+
+
+class AcceptanceRefused(Event):
+    """Tells an agency its acceptance did not take: the need was already placed with
+    another agency, the offer had expired, or it was withdrawn."""
+
+    ce_type: ClassVar[str] = "org.refnet.referral.acceptance-refused"
 
     offer_id: UUID
     need_id: UUID
@@ -239,6 +270,7 @@ class ExcludedAgency(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     agency_id: str
+    service_id: str | None = None
     reason: str
 
 
@@ -270,6 +302,20 @@ class ConsentRevoked(Event):
     consent_id: UUID
     person_ref: UUID
     revoked_at: AwareDatetime
+
+
+class CapacityUpdated(Event):
+    """An agency's own word on a service's room, by Kafka or the agency API. ``available``
+    counts free places now, so it replaces whatever refnet had counted as taken."""
+
+    ce_type: ClassVar[str] = "org.refnet.agency.capacity-updated"
+
+    agency_id: str
+    service_id: str
+    status: CapacityStatus
+    available: int | None = Field(default=None, ge=0)
+    maximum: int | None = Field(default=None, ge=0)
+    updated_at: AwareDatetime
 
 
 def offer_id_for(need_id: UUID, attempt: int) -> UUID:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -82,9 +82,14 @@ def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) ->
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: Sequence[str], partitions: int, replication: int = 1
+    bootstrap_servers: str,
+    names: Sequence[str],
+    partitions: int,
+    replication: int = 1,
+    compacted: Collection[str] = (),
 ) -> list[str]:
-    """Create the topics that don't exist yet; return the names created."""
+    """Create the topics that don't exist yet (those in ``compacted`` with log compaction);
+    return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="refnet-admin")
     await admin.start()
     try:
@@ -94,15 +99,28 @@ async def ensure_topics(
             # Another process may win the race; the topic is there, which is all we need.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(name, partitions, replication) for name in missing]
+                    [
+                        NewTopic(
+                            name, partitions, replication, topic_configs=_configs(name, compacted)
+                        )
+                        for name in missing
+                    ]
                 )
         return missing
     finally:
         await admin.close()
 
 
+def _configs(name: str, compacted: Collection[str]) -> dict[str, str]:
+    return {"cleanup.policy": "compact"} if name in compacted else {}
+
+
 def topics_with_dlqs(specs: Sequence[TopicSpec]) -> list[str]:
     return [name for spec in specs for name in (spec.name, spec.dlq)]
+
+
+def compacted_names(specs: Sequence[TopicSpec]) -> set[str]:
+    return {spec.name for spec in specs if spec.compacted}
 
 
 class DeadLetters:

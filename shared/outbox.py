@@ -49,6 +49,19 @@ async def enqueue(
     return event_id
 
 
+async def enqueue_tombstone(conn: asyncpg.Connection, spec: TopicSpec, key: str) -> None:
+    """A null value for ``key`` on a compacted topic: the record it replaces is deleted."""
+    if not spec.compacted:
+        raise ValueError(f"{spec.name} is not compacted; a tombstone there means nothing")
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, headers, value) VALUES ($1, $2, $3, '[]', NULL)",
+        uuid4(),
+        spec.name,
+        key,
+    )
+    await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
+
+
 async def backlog(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
@@ -104,7 +117,7 @@ class OutboxRelay:
                 await self._producer.send(
                     row["topic"],
                     key=row["key"].encode(),
-                    value=bytes(row["value"]),
+                    value=bytes(row["value"]) if row["value"] is not None else None,
                     headers=[(name, raw.encode()) for name, raw in row["headers"]],
                 )
                 for row in rows

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "production"]
@@ -31,10 +32,25 @@ class BaseServiceSettings(BaseSettings):
     # Local mode only: a file holding a clock offset in seconds, so tests can move time.
     clock_offset_file: Path | None = None
     log_level: str = "INFO"
+    # Where "today" and opening hours are: consent dates, ages, schedules (an IANA zone).
+    local_timezone: str = "UTC"
 
     @property
     def is_local(self) -> bool:
         return self.refnet_env == "local"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.local_timezone)
+
+    @field_validator("local_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use one like America/Chicago") from None
+        return value
 
     @model_validator(mode="after")
     def _clock_offset_only_locally(self) -> BaseServiceSettings:

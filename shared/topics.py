@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 
 from shared.events import (
+    AcceptanceRefused,
+    CapacityUpdated,
     ConsentRevoked,
     Event,
     NeedSubmitted,
@@ -19,9 +21,10 @@ from shared.events import (
     ReferralOffered,
     ReferralStatusChanged,
 )
+from shared.hsds import AGENCY_ID_PATTERN, AgencyProfile
 
 DLQ_SUFFIX = ".dlq"
-_AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_AGENCY_ID = re.compile(AGENCY_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class TopicSpec:
     name: str
     key_field: str
     events: tuple[type[Event], ...]
+    # Compacted topics keep the latest record per key; a null value (tombstone) deletes it.
+    compacted: bool = False
 
     def event_class(self, ce_type: str) -> type[Event] | None:
         return next((cls for cls in self.events if cls.ce_type == ce_type), None)
@@ -48,16 +53,26 @@ OFFER_RESPONSES = TopicSpec(
 REFERRAL_EVENTS = TopicSpec("refnet.referral-events.v1", "need_id", (ReferralStatusChanged,))
 
 CONSENT_EVENTS = TopicSpec("refnet.consent-events.v1", "person_ref", (ConsentRevoked,))
+AGENCIES = TopicSpec("refnet.agencies.v1", "agency_id", (AgencyProfile,), compacted=True)
+# Agencies' own capacity reports (Kafka), and those made through the agency HTTP API.
+CAPACITY_UPDATES = TopicSpec("refnet.capacity-updates.v1", "agency_id", (CapacityUpdated,))
 
 # Topics whose partitions must line up: one matching worker sees everything about a need.
 CO_PARTITIONED: tuple[TopicSpec, ...] = (NEEDS, OFFER_RESPONSES, REFERRAL_EVENTS)
 # Every fixed-name topic the platform creates (agency topics are created per agency).
-PLATFORM_TOPICS: tuple[TopicSpec, ...] = (*CO_PARTITIONED, CONSENT_EVENTS)
+PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
+    *CO_PARTITIONED,
+    CONSENT_EVENTS,
+    AGENCIES,
+    CAPACITY_UPDATES,
+)
 
 
 def agency_offers(agency_id: str) -> TopicSpec:
     if not _AGENCY_ID.match(agency_id):
         raise ValueError(f"agency id {agency_id!r} must be lowercase letters, digits and '-'")
     return TopicSpec(
-        f"refnet.agency.{agency_id}.offers", "need_id", (ReferralOffered, OfferWithdrawn)
+        f"refnet.agency.{agency_id}.offers",
+        "need_id",
+        (ReferralOffered, OfferWithdrawn, AcceptanceRefused),
     )
