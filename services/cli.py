@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     key = agency.add_parser("key", help="issue an API key for the agency HTTP API")
     key.add_argument("agency_id")
     _add_user_commands(commands)
+    _add_directory_commands(commands)
     pii = commands.add_parser("pii", help="intake's encrypted identifiers").add_subparsers(
         dest="pii_command", required=True
     )
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         _users(args)
     elif args.command == "pii":
         _reseal()
+    elif args.command == "directory":
+        _directory(args)
     elif args.agency_command == "listen":
         asyncio.run(_listen(args.agency_id, args.accept, args.max_offers))
     elif args.agency_command == "key":
@@ -74,6 +77,46 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     token = users.add_parser("token", help="issue an API token for the intake JSON API")
     token.add_argument("email")
     token.add_argument("--label", default="api", help="what the token is for")
+
+
+def _add_directory_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    directory = commands.add_parser(
+        "directory", help="the agency directory (Open Referral HSDS)"
+    ).add_subparsers(dest="directory_command", required=True)
+    load = directory.add_parser(
+        "import", help="check an HSDS package (CSV directory or .json) and make it the directory"
+    )
+    load.add_argument("path", type=Path)
+    dump = directory.add_parser("export", help="write the directory as an HSDS package")
+    dump.add_argument("path", type=Path, help="a directory (CSV) or a .json file")
+    dump.add_argument("--format", choices=("csv", "json"), help="default: from the path")
+
+
+def _directory(args: argparse.Namespace) -> None:
+    from services.matching.directory import admin
+    from services.matching.directory.package import PackageInvalid
+
+    settings = admin.Connection(
+        database_url=_setting("DATABASE_URL"),
+        kafka_bootstrap_servers=_setting("KAFKA_BOOTSTRAP_SERVERS"),
+        kafka_partitions=int(_setting("KAFKA_PARTITIONS", "3")),
+    )
+    if args.directory_command == "import":
+        try:
+            result = asyncio.run(admin.import_directory(settings, args.path))
+        except PackageInvalid as exc:
+            print(f"refnet directory import: {args.path} was not imported:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            sys.exit(2)
+        print(
+            f"directory revision {result.revision}: {len(result.published)} agency profile(s) "
+            f"published, {result.unchanged} unchanged, {len(result.removed)} removed"
+        )
+    else:
+        fmt = args.format or ("json" if args.path.suffix == ".json" else "csv")
+        count = asyncio.run(admin.export_directory(settings, args.path, fmt))
+        print(f"wrote {count} organization(s) to {args.path} ({fmt})")
 
 
 def _users(args: argparse.Namespace) -> None:
@@ -238,7 +281,7 @@ def _migrate() -> None:
 
 
 def _topics() -> None:
-    from shared.kafka import ensure_topics, topics_with_dlqs
+    from shared.kafka import compacted_names, ensure_topics, topics_with_dlqs
     from shared.topics import PLATFORM_TOPICS
 
     created = asyncio.run(
@@ -247,6 +290,7 @@ def _topics() -> None:
             topics_with_dlqs(PLATFORM_TOPICS),
             int(_setting("KAFKA_PARTITIONS", "3")),
             int(_setting("KAFKA_REPLICATION_FACTOR", "1")),
+            compacted=compacted_names(PLATFORM_TOPICS),
         )
     )
     print(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from services.matching.directory import admin as directory
 from services.smtp_sink import SmtpSink
 from shared.db import migrate
 from shared.embedded import free_port, port_is_open, spawn, stop_process
 from shared.infra import Infrastructure, provision
-from shared.kafka import ensure_topics, topics_with_dlqs
+from shared.kafka import compacted_names, ensure_topics, topics_with_dlqs
 from shared.topics import PLATFORM_TOPICS
 
 SERVICES = ("intake", "matching", "notifications")
@@ -185,7 +186,20 @@ class LocalStack:
 
 
 def prepare(database_url: str, bootstrap_servers: str, partitions: int) -> None:
-    """Migrate every service's schema and create every refnet topic with its DLQ."""
+    """Migrate every service's schema, create every refnet topic with its DLQ, and load the
+    demo directory if none has been imported."""
     for name, migrations in MIGRATIONS.items():
         migrate(database_url, name, migrations)
-    asyncio.run(ensure_topics(bootstrap_servers, topics_with_dlqs(PLATFORM_TOPICS), partitions))
+    asyncio.run(
+        ensure_topics(
+            bootstrap_servers,
+            topics_with_dlqs(PLATFORM_TOPICS),
+            partitions,
+            compacted=compacted_names(PLATFORM_TOPICS),
+        )
+    )
+    connection = directory.Connection(
+        database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
+        kafka_partitions=partitions,
+    )  # fmt: skip
+    asyncio.run(directory.seed_if_empty(connection))

@@ -184,6 +184,7 @@ async def _write_intake(
         {
             "postal_code": person.zip5,
             "county": person.county,
+            "gender": person.gender.value if person.gender else None,
             "languages": list(person.languages),
             "preferred_channel": person.preferred_channel.value,
             "contact_from": person.contact_from,
@@ -261,6 +262,7 @@ async def _write_intake(
             languages=tuple(person.languages),
             age_years=age_on(person.date_of_birth, now.date()),
             recovery_stage=request.recovery.stage,
+            gender=person.gender,
             constraints=request.constraints.as_event(),
             consent=scope,
             referrer=referrer,

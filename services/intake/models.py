@@ -23,6 +23,7 @@ from shared.events import (
     CATEGORY_LABELS,
     ConsentRecipients,
     Constraints,
+    Gender,
     Insurance,
     NeedCategory,
     RecoveryStage,
@@ -38,6 +39,7 @@ LANGUAGES = {
     "so": "Somali",
     "ar": "Arabic",
 }
+GENDER_LABELS = {Gender.WOMAN: "Woman", Gender.MAN: "Man", Gender.NONBINARY: "Nonbinary"}
 STAGE_LABELS = {
     RecoveryStage.SEEKING_TREATMENT: "Seeking treatment",
     RecoveryStage.IN_TREATMENT: "In treatment",
@@ -134,8 +136,11 @@ class PersonIn(_Strict):
     postal_code: str = Field(pattern=r"^\d{5}(-\d{4})?$", examples=["97214"])
     # A place name only: the county travels to agencies, so it must not carry free text.
     county: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z .'-]{0,39}$")] | None = None
+    gender: Gender | None = Field(
+        default=None, description="Asked only to match gender-specific services."
+    )
 
-    @field_validator("preferred_name", "email", "phone", "county", mode="before")
+    @field_validator("preferred_name", "email", "phone", "county", "gender", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

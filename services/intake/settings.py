@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.intake.security import decode_key
@@ -26,8 +24,6 @@ class IntakeSettings(BaseServiceSettings):
     http_port: int = 8000
     # Proxies whose X-Forwarded-For is trusted for the client address (login throttle).
     forwarded_allow_ips: str = "127.0.0.1"
-    # Where "today" is for consent dates and ages (an IANA zone, e.g. America/Los_Angeles).
-    local_timezone: str = "UTC"
     # Failed logins allowed in the window, per account and per client address.
     login_window_s: int = 15 * 60
     login_max_failures_per_account: int = 5
@@ -35,19 +31,6 @@ class IntakeSettings(BaseServiceSettings):
     # Local mode: this worker is created at start-up so a newcomer can log in at once.
     demo_worker_email: str = "demo.worker@refnet.local"
     demo_worker_password: SecretStr | None = None
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.local_timezone)
-
-    @field_validator("local_timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use one like America/Chicago") from None
-        return value
 
     @field_validator("pii_encryption_key", "pii_index_key")
     @classmethod

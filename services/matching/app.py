@@ -14,13 +14,17 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 
-from services.matching import repository as repo
-from services.matching.directory import load_directory
+from services.matching.geo import load_centroids
 from services.matching.handlers import (
+    AGENCIES_CONSUMER,
+    CAPACITY_CONSUMER,
     CONSENTS_CONSUMER,
     NEEDS_CONSUMER,
     RESPONSES_CONSUMER,
     Deps,
+    handle_agency_profile,
+    handle_agency_removed,
+    handle_capacity_update,
     handle_consent_event,
     handle_need_submitted,
     handle_offer_response,
@@ -38,7 +42,15 @@ from shared.kafka import (
     wait_until_ready,
 )
 from shared.outbox import OutboxRelay
-from shared.topics import CONSENT_EVENTS, NEEDS, OFFER_RESPONSES, TopicSpec, agency_offers
+from shared.topics import (
+    AGENCIES,
+    CAPACITY_UPDATES,
+    CONSENT_EVENTS,
+    NEEDS,
+    OFFER_RESPONSES,
+    TopicSpec,
+    agency_offers,
+)
 
 log = logging.getLogger(__name__)
 SCHEMA = "matching"
@@ -55,6 +67,7 @@ class MatchingApp(faust.App):
         self.dead_letters: DeadLetters | None = None
         self._relay_producer: AIOKafkaProducer | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._agency_topics: set[str] = set()
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -67,10 +80,9 @@ class MatchingApp(faust.App):
 
         await wait_until_ready("Postgres", connect)
         assert pool is not None
-        await self._load_directory(pool)
         self._relay_producer = make_producer(settings, "matching")
         await wait_until_ready("Kafka producer", self._relay_producer.start)
-        self.deps = Deps(pool, self.clock, settings)
+        self.deps = Deps(pool, self.clock, settings, load_centroids(settings.postal_centroids_path))
         self.dead_letters = DeadLetters(self._relay_producer, "matching")
         relay = OutboxRelay(
             pool,
@@ -91,20 +103,27 @@ class MatchingApp(faust.App):
             await self.deps.pool.close()
         await super().on_stop()
 
-    async def _load_directory(self, pool: Any) -> None:
+    async def ensure_offers_topic(self, agency_id: str) -> None:
+        """An agency's offer topic exists before its first offer, so it can subscribe early."""
+        try:
+            name = agency_offers(agency_id).name
+        except ValueError:
+            return  # not an agency id: the profile itself will be dead-lettered
+        if name in self._agency_topics:
+            return
         settings = self.refnet_settings
-        agencies, services = load_directory(settings.directory_path)
-        async with pool.acquire() as conn, conn.transaction():
-            await repo.replace_directory(conn, agencies, services)
-        # Each agency's offer topic exists before its first offer, so it can subscribe early.
-        names = [agency_offers(a.agency_id).name for a in agencies]
         await wait_until_ready(
             "Kafka admin",
             lambda: ensure_topics(
-                settings.kafka_bootstrap_servers, names, settings.kafka_partitions
+                settings.kafka_bootstrap_servers, [name], settings.kafka_partitions
             ),
         )
-        log.info("directory: %d agencies, %d services", len(agencies), len(services))
+        self._agency_topics.add(name)
+
+    async def agency_removed(self, key: bytes | None) -> None:
+        assert self.deps is not None
+        if key:
+            await handle_agency_removed(self.deps, key.decode())
 
     async def process(self, spec: TopicSpec, event: faust.types.EventT, handler: Any) -> None:
         assert self.deps is not None and self.dead_letters is not None
@@ -169,5 +188,22 @@ def create_app(settings: MatchingSettings, clock: Clock | None = None) -> Matchi
     async def consents(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             await app.process(CONSENT_EVENTS, event, handle_consent_event)
+
+    # The compacted directory: a profile replaces the agency's services, a tombstone (null
+    # value) removes the agency.
+    @app.agent(raw_topic(AGENCIES), name=AGENCIES_CONSUMER)
+    async def agencies(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            if event.message.value is None:
+                await app.agency_removed(event.message.key)
+                continue
+            if event.message.key:
+                await app.ensure_offers_topic(event.message.key.decode())
+            await app.process(AGENCIES, event, handle_agency_profile)
+
+    @app.agent(raw_topic(CAPACITY_UPDATES), name=CAPACITY_CONSUMER)
+    async def capacity(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await app.process(CAPACITY_UPDATES, event, handle_capacity_update)
 
     return app

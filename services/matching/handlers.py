@@ -5,6 +5,10 @@
     no candidate left, or attempts used up -> unmatched (with every exclusion's reason)
     any open state -> cancelled (consent revoked)
 
+An urgent need may be offered to several agencies at once (URGENT_FANOUT): the first to
+accept wins, the others are withdrawn, and a late acceptance is refused as already placed.
+Each open offer holds a place at its service until it is answered.
+
 Each handler runs in one transaction with the inbox row and the outbox rows it emits, so a
 redelivered event changes nothing and a crash leaves either all of a step or none of it.
 """
@@ -12,24 +16,29 @@ redelivered event changes nothing and a crash leaves either all of a step or non
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from services.matching import repository as repo
-from services.matching.ranking import NeedView, rank
+from services.matching.directory import owner as directory
+from services.matching.geo import PostalArea, cell_of
+from services.matching.ranking import Candidate, NeedView, Ranking, rank
 from services.matching.settings import MatchingSettings
 from shared import outbox
 from shared.clock import Clock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
+    AcceptanceRefused,
+    CapacityUpdated,
     ConsentRevoked,
     ConsentScope,
     Constraints,
+    DeclineReason,
     Event,
-    MatchFactor,
+    Gender,
     NeedCategory,
     NeedSubmitted,
     OfferAccepted,
@@ -43,6 +52,7 @@ from shared.events import (
     Urgency,
     offer_id_for,
 )
+from shared.hsds import AgencyProfile
 from shared.inbox import first_delivery
 from shared.topics import REFERRAL_EVENTS, TopicSpec, agency_offers
 
@@ -52,6 +62,8 @@ SOURCE = "/refnet/matching"
 NEEDS_CONSUMER = "matching.needs"
 RESPONSES_CONSUMER = "matching.offer-responses"
 CONSENTS_CONSUMER = "matching.consent-events"
+AGENCIES_CONSUMER = "matching.agencies"
+CAPACITY_CONSUMER = "matching.capacity-updates"
 CONSENT_REVOKED = "consent revoked"
 
 # Every state a referral can still leave; unmatched, completed, failed and cancelled are final.
@@ -79,6 +91,7 @@ class Deps:
     pool: asyncpg.Pool
     clock: Clock
     settings: MatchingSettings
+    places: dict[str, PostalArea] = field(default_factory=dict)
 
 
 def deadline(settings: MatchingSettings, urgency: Urgency) -> timedelta:
@@ -88,6 +101,9 @@ def deadline(settings: MatchingSettings, urgency: Urgency) -> timedelta:
         Urgency.ROUTINE: settings.deadline_routine_h,
     }[urgency]
     return timedelta(hours=hours)
+
+
+# --- needs -------------------------------------------------------------------------------
 
 
 async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
@@ -112,7 +128,7 @@ async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
 async def handle_consent_event(deps: Deps, envelope: Envelope) -> None:
     """Cancel every open referral under a revoked consent. Keyed by person_ref, so this may
     run beside the need's own handlers: the consent row's lock orders it against needs
-    arriving under the consent, each referral's row lock against answers to its offer."""
+    arriving under the consent, each referral's row lock against answers to its offers."""
     revoked = envelope.event
     assert isinstance(revoked, ConsentRevoked)
     async with deps.pool.acquire() as conn, conn.transaction():
@@ -127,6 +143,38 @@ async def handle_consent_event(deps: Deps, envelope: Envelope) -> None:
         log.info("consent %s revoked: %d referral(s) cancelled", revoked.consent_id, len(refs))
 
 
+# --- the directory ---------------------------------------------------------------------
+
+
+async def handle_agency_profile(deps: Deps, envelope: Envelope) -> None:
+    profile = envelope.event
+    assert isinstance(profile, AgencyProfile)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if not await repo.apply_profile(conn, profile):
+            log.info("agency %s: revision %d is stale; kept the newer one",
+                     profile.agency_id, profile.revision)  # fmt: skip
+
+
+async def handle_agency_removed(deps: Deps, agency_id: str) -> None:
+    """A tombstone: the agency gets no new offers. Offers it holds stay open until answered
+    or expired, so nobody's referral is dropped on the floor."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await repo.remove_agency(conn, agency_id)
+    log.info("agency %s left the directory", agency_id)
+
+
+async def handle_capacity_update(deps: Deps, envelope: Envelope) -> None:
+    update = envelope.event
+    assert isinstance(update, CapacityUpdated)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if not await first_delivery(conn, CAPACITY_CONSUMER, envelope):
+            return
+        await directory.update_capacity(conn, update, deps.clock)
+
+
+# --- agencies' answers -------------------------------------------------------------------
+
+
 async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
     response = envelope.event
     assert isinstance(response, OfferAccepted | OfferDeclined | OfferExpired)
@@ -134,78 +182,214 @@ async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
         if not await first_delivery(conn, RESPONSES_CONSUMER, envelope):
             return
         ref = await repo.referral_for_update(conn, response.need_id)
-        if ref is None:
-            raise PoisonMessage(f"no referral for need {response.need_id}")
-        if not _answers_open_offer(ref, response):
-            log.info(
-                "need %s: %s for offer %s ignored; referral is %s (offer %s)",
-                response.need_id,
-                type(response).__name__,
-                response.offer_id,
-                ref["status"],
-                ref["offer_id"],
+        offer = await repo.offer(conn, response.offer_id)
+        if ref is None or offer is None or offer["need_id"] != response.need_id:
+            raise PoisonMessage(f"no offer {response.offer_id} for need {response.need_id}")
+        if offer["agency_id"] != response.agency_id:
+            raise PoisonMessage(
+                f"offer {response.offer_id} was made to {offer['agency_id']}, "
+                f"not {response.agency_id}"
             )
-            return
-        if isinstance(response, OfferAccepted):
-            await _emit_status(conn, deps, ref, ReferralStatus.ACCEPTED)
+        if offer["status"] != "open":
+            await _answer_to_closed_offer(conn, deps, ref, offer, response)
+        elif isinstance(response, OfferAccepted):
+            await _accept_if_in_time(conn, deps, ref, offer)
         elif isinstance(response, OfferDeclined):
-            await _emit_status(conn, deps, ref, ReferralStatus.DECLINED, reason=response.reason)
-            await _offer_next(conn, deps, ref)
+            await _close_unanswered(
+                conn, deps, ref, offer, ReferralStatus.DECLINED, response.reason
+            )
         else:
-            await _withdraw(conn, deps, ref, "expired: no answer before the deadline")
-            await _emit_status(conn, deps, ref, ReferralStatus.EXPIRED)
-            await _offer_next(conn, deps, ref)
+            await _close_unanswered(conn, deps, ref, offer, ReferralStatus.EXPIRED, None)
 
 
-def _answers_open_offer(ref: dict[str, Any], response: Event) -> bool:
-    return (
-        ref["status"] == ReferralStatus.OFFERED
-        and ref["offer_id"] == getattr(response, "offer_id", None)
-        and ref["agency_id"] == getattr(response, "agency_id", None)
+async def _answer_to_closed_offer(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    ref: dict[str, Any],
+    offer: dict[str, Any],
+    response: Event,
+) -> None:
+    """A repeat is ignored; an acceptance that came too late is told so plainly."""
+    if not isinstance(response, OfferAccepted) or offer["status"] == "accepted":
+        log.info("need %s: %s for %s offer ignored", ref["need_id"], type(response).__name__,
+                 offer["status"])  # fmt: skip
+        return
+    await _refuse(conn, deps, offer, _why_closed(ref, offer))
+
+
+def _why_closed(ref: dict[str, Any], offer: dict[str, Any]) -> str:
+    if ref["status"] in HELD_BY_AGENCY and ref["offer_id"] != offer["offer_id"]:
+        return "already placed: another agency accepted this referral first"
+    if ref["status"] == ReferralStatus.CANCELLED:
+        return "withdrawn: the referral was cancelled"
+    return {
+        "expired": "expired: the acceptance came after the deadline",
+        "declined": "declined earlier: this offer was already declined",
+    }.get(offer["status"], "withdrawn: the offer is closed")
+
+
+async def _accept_if_in_time(
+    conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], offer: dict[str, Any]
+) -> None:
+    if deps.clock.now() > offer["respond_by"]:
+        # Notifications' expiry may still be on its way; the deadline decides, not the race.
+        await _refuse(conn, deps, offer, "expired: the acceptance came after the deadline")
+        await _close_unanswered(conn, deps, ref, offer, ReferralStatus.EXPIRED, None)
+        return
+    now = deps.clock.now()
+    await _close_offer(conn, deps, offer, "accepted")
+    _point_at(ref, offer)
+    await _emit_status(conn, deps, ref, ReferralStatus.ACCEPTED)
+    for other in await repo.open_offers(conn, ref["need_id"]):
+        await _close_offer(conn, deps, other, "withdrawn", record=False)
+        await _withdraw(conn, deps, other, "placed with another agency")
+    log.info("need %s accepted by %s at %s", ref["need_id"], offer["agency_id"], now)
+
+
+async def _close_unanswered(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    ref: dict[str, Any],
+    offer: dict[str, Any],
+    status: ReferralStatus,
+    reason: DeclineReason | None,
+) -> None:
+    await _close_offer(conn, deps, offer, status.value)
+    if status == ReferralStatus.EXPIRED:
+        await _withdraw(conn, deps, offer, "expired: no answer before the deadline")
+    _point_at(ref, offer)
+    await _emit_status(conn, deps, ref, status, reason=reason)
+    still_open = await repo.open_offers(conn, ref["need_id"])
+    if still_open:
+        # Others of a fan-out are still considering it: the referral stays offered.
+        _point_at(ref, still_open[-1])
+        await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+    else:
+        await _offer_next(conn, deps, ref)
+
+
+async def _close_offer(
+    conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], status: str, *, record: bool = True
+) -> None:
+    """Close an open offer: its place is released, or taken when accepted, and (when the
+    agency answered or let it lapse) its answer counts in the agency's record."""
+    now = deps.clock.now()
+    await repo.close_offer(conn, offer["offer_id"], status, now)
+    if offer["service_id"]:
+        await repo.release_place(conn, offer["service_id"], taken=status == "accepted")
+    if record:
+        waited = (min(now, offer["respond_by"]) - offer["offered_at"]).total_seconds() / 3600
+        await repo.record_answer(
+            conn,
+            offer["agency_id"],
+            status == "accepted",
+            waited,
+            deps.settings.agency_stats_weight,
+        )
+
+
+async def _refuse(conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str) -> None:
+    refused = AcceptanceRefused(
+        offer_id=offer["offer_id"],
+        need_id=offer["need_id"],
+        agency_id=offer["agency_id"],
+        reason=reason,
     )
+    await _enqueue(conn, deps, agency_offers(offer["agency_id"]), refused)
+
+
+# --- choosing agencies -------------------------------------------------------------------
 
 
 async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any]) -> None:
     now = deps.clock.now()
-    need = NeedView(
+    need = need_view(deps, ref)
+    ranking = await rank_candidates(conn, deps, need)
+    fanout = deps.settings.urgent_fanout if need.urgency == Urgency.URGENT else 1
+    slots = min(fanout, deps.settings.max_offer_attempts - ref["attempt"])
+    if not ranking.candidates or slots <= 0:
+        await _emit_status(
+            conn, deps, ref, ReferralStatus.UNMATCHED,
+            reason=_unmatched_reason(ref, need, ranking), excluded=tuple(ranking.excluded),
+        )  # fmt: skip
+        return
+    respond_by = now + deadline(deps.settings, need.urgency)
+    for candidate in ranking.candidates[:slots]:
+        offer = _new_offer(ref, candidate, respond_by, now)
+        await repo.insert_offer(conn, offer)
+        await repo.reserve_place(conn, candidate.service.service_id)
+        _point_at(ref, offer)
+        await _enqueue(conn, deps, agency_offers(offer["agency_id"]), _offer(ref, candidate))
+        await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+
+
+async def rank_candidates(conn: asyncpg.Connection, deps: Deps, need: NeedView) -> Ranking:
+    """Candidate selection (index lookups by area) and ranking; what the benchmark times."""
+    cell = cell_of(need.point) if need.point else None
+    services = await repo.candidate_services(
+        conn, need.category, need.postal_code, need.county, cell
+    )
+    stats = await repo.agency_stats(conn, sorted({s.agency_id for s in services}))
+    return rank(need, services, stats, deps.clock.now(), deps.settings.zone)
+
+
+def need_view(deps: Deps, ref: dict[str, Any]) -> NeedView:
+    place = deps.places.get(ref["postal_code"])
+    return NeedView(
         category=NeedCategory(ref["category"]),
+        urgency=Urgency(ref["urgency"]),
         postal_code=ref["postal_code"],
-        languages=frozenset(ref["languages"]),
+        county=ref["county"] or (place.county if place else None),
+        point=place.point if place else None,
+        languages=tuple(ref["languages"]),
+        age_years=ref["age_years"],
+        gender=Gender(ref["gender"]) if ref["gender"] else None,
+        constraints=Constraints.model_validate(ref["constraints"]),
         consent=ConsentScope.model_validate(ref["consent"]),
         tried=frozenset(ref["tried"]),
     )
-    candidates, excluded = rank(need, await repo.services_in(conn, need.category), now.date())
-    if not candidates or ref["attempt"] >= deps.settings.max_offer_attempts:
-        reason = (
-            f"{ref['attempt']} agencies asked, none accepted"
-            if candidates
-            else "no eligible agency left"
-        )
-        await _emit_status(
-            conn, deps, ref, ReferralStatus.UNMATCHED, reason=reason, excluded=excluded
-        )
-        return
-    best = candidates[0]
-    _assign(ref, best.service.agency_id, now + deadline(deps.settings, Urgency(ref["urgency"])))
-    await _enqueue(conn, deps, agency_offers(ref["agency_id"]), _offer(ref, best.factors))
-    await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
 
 
-def _assign(ref: dict[str, Any], agency_id: str, respond_by: datetime) -> None:
+def _unmatched_reason(ref: dict[str, Any], need: NeedView, ranking: Ranking) -> str:
+    if ranking.candidates:
+        return f"{ref['attempt']} offers made, none accepted"
+    if not ranking.excluded:
+        where = f"ZIP {need.postal_code}" + (f" or {need.county} County" if need.county else "")
+        return f"no agency in the directory offers {need.category.label} in {where}"
+    return "no eligible agency left"
+
+
+def _new_offer(
+    ref: dict[str, Any], candidate: Candidate, respond_by: datetime, now: datetime
+) -> dict[str, Any]:
     ref["attempt"] += 1
-    ref["agency_id"] = agency_id
-    ref["offer_id"] = offer_id_for(ref["need_id"], ref["attempt"])
-    ref["respond_by"] = respond_by
-    ref["tried"] = [*ref["tried"], agency_id]
+    ref["tried"] = [*ref["tried"], candidate.service.agency_id]
+    return {
+        "offer_id": offer_id_for(ref["need_id"], ref["attempt"]),
+        "need_id": ref["need_id"],
+        "agency_id": candidate.service.agency_id,
+        "service_id": candidate.service.service_id,
+        "attempt": ref["attempt"],
+        "respond_by": respond_by,
+        "offered_at": now,
+        "explanation": [f.model_dump() for f in candidate.factors],
+    }
 
 
-def _offer(ref: dict[str, Any], explanation: tuple[MatchFactor, ...]) -> ReferralOffered:
+def _point_at(ref: dict[str, Any], offer: dict[str, Any]) -> None:
+    """The referral's agency fields name the offer its latest status is about."""
+    for name in ("agency_id", "offer_id", "service_id", "respond_by"):
+        ref[name] = offer[name]
+
+
+def _offer(ref: dict[str, Any], candidate: Candidate) -> ReferralOffered:
     """The offer as the agency sees it: the coarse facts it decides on, never who it is."""
     stage = ref["recovery_stage"]
     return ReferralOffered(
         offer_id=ref["offer_id"],
         need_id=ref["need_id"],
         agency_id=ref["agency_id"],
+        service_id=candidate.service.service_id,
         attempt=ref["attempt"],
         category=NeedCategory(ref["category"]),
         urgency=Urgency(ref["urgency"]),
@@ -214,25 +398,42 @@ def _offer(ref: dict[str, Any], explanation: tuple[MatchFactor, ...]) -> Referra
         languages=tuple(sorted(ref["languages"])),
         age_years=ref["age_years"],
         recovery_stage=RecoveryStage(stage) if stage else None,
+        gender=Gender(ref["gender"]) if ref["gender"] else None,
         constraints=Constraints.model_validate(ref["constraints"]),
         respond_by=ref["respond_by"],
-        explanation=explanation,
+        score=candidate.score,
+        explanation=candidate.factors,
     )
 
 
+# --- cancelling --------------------------------------------------------------------------
+
+
 async def _cancel(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], reason: str) -> None:
+    for offer in await repo.open_offers(conn, ref["need_id"]):
+        await _close_offer(conn, deps, offer, "withdrawn", record=False)
+        await _withdraw(conn, deps, offer, reason)
     # An accepted referral is withdrawn too: the agency may have started work, and its
     # offers topic is the only channel it is sure to read.
-    if ref["status"] in HELD_BY_AGENCY:
+    if ref["status"] in (
+        ReferralStatus.ACCEPTED,
+        ReferralStatus.IN_PROGRESS,
+        ReferralStatus.ON_HOLD,
+    ):
         await _withdraw(conn, deps, ref, reason)
     await _emit_status(conn, deps, ref, ReferralStatus.CANCELLED, reason=reason)
 
 
-async def _withdraw(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], reason: str) -> None:
+async def _withdraw(
+    conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str
+) -> None:
     withdrawn = OfferWithdrawn(
-        offer_id=ref["offer_id"], need_id=ref["need_id"], agency_id=ref["agency_id"], reason=reason
+        offer_id=offer["offer_id"],
+        need_id=offer["need_id"],
+        agency_id=offer["agency_id"],
+        reason=reason,
     )
-    await _enqueue(conn, deps, agency_offers(ref["agency_id"]), withdrawn)
+    await _enqueue(conn, deps, agency_offers(offer["agency_id"]), withdrawn)
 
 
 async def _emit_status(

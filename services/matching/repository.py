@@ -1,63 +1,276 @@
-"""Matching's data access: the directory and the referral state per need."""
+"""Matching's data access: its view of the directory, capacity, agencies' record, and the
+referral and offers per need."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from services.matching.directory import Agency, AgencyService
-from shared.events import ConsentRevoked, NeedCategory, NeedSubmitted
+from services.matching.geo import cells_within
+from services.matching.profiles import ServiceFacts, service_facts
+from services.matching.ranking import (
+    PRIOR_ACCEPTANCE_RATE,
+    PRIOR_RESPONSE_HOURS,
+    AgencyStats,
+    OpeningHours,
+    ServiceView,
+)
+from shared.events import CapacityStatus, ConsentRevoked, Gender, NeedCategory, NeedSubmitted
+from shared.hsds import AgencyProfile
+
+# --- the directory as matching sees it (materialised from refnet.agencies.v1) -------------
 
 
-async def replace_directory(
-    conn: asyncpg.Connection, agencies: list[Agency], services: list[AgencyService]
-) -> None:
-    # Replicas starting together would otherwise interleave their delete and inserts.
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('matching.directory'))")
-    await conn.execute("DELETE FROM agency_services")
-    await conn.executemany(
-        "INSERT INTO agencies (agency_id, name, email) VALUES ($1, $2, $3) "
-        "ON CONFLICT (agency_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email",
-        [(a.agency_id, a.name, a.email) for a in agencies],
+async def apply_profile(conn: asyncpg.Connection, profile: AgencyProfile) -> bool:
+    """Replace the agency's services with the profile's; False if a newer one is held."""
+    stored = await conn.fetchval(
+        "SELECT revision FROM agency_profiles WHERE agency_id = $1 FOR UPDATE", profile.agency_id
     )
+    if stored is not None and stored >= profile.revision:
+        return False
+    await conn.execute(
+        "INSERT INTO agency_profiles (agency_id, revision, name, profile) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (agency_id) DO UPDATE SET revision = EXCLUDED.revision, "
+        "name = EXCLUDED.name, profile = EXCLUDED.profile",
+        profile.agency_id,
+        profile.revision,
+        profile.organization.name,
+        profile.model_dump(mode="json"),
+    )
+    await conn.execute("DELETE FROM match_services WHERE agency_id = $1", profile.agency_id)
+    facts = service_facts(profile)
+    await conn.executemany(_INSERT_SERVICE, [_service_row(f) for f in facts])
     await conn.executemany(
-        "INSERT INTO agency_services (service_id, agency_id, name, category, postal_codes, "
-        "languages) VALUES ($1, $2, $3, $4, $5, $6)",
-        [
-            (
-                s.service_id,
-                s.agency_id,
-                s.name,
-                s.category.value,
-                sorted(s.postal_codes),
-                sorted(s.languages),
-            )
-            for s in services
-        ],
+        "INSERT INTO service_coverage (kind, area, category, service_id) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        [row for f in facts for row in _coverage_rows(f)],
+    )
+    await _rebase_capacity(conn, facts)
+    return True
+
+
+_INSERT_SERVICE = (
+    "INSERT INTO match_services (service_id, agency_id, name, category, minimum_age, "
+    "maximum_age, gender, mat_friendly, insurance, languages, capacity_status, available, "
+    "capacity_as_of, postal_codes, counties, radius_km, locations, schedule) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+)
+
+
+def _service_row(f: ServiceFacts) -> tuple[Any, ...]:
+    return (
+        f.service_id,
+        f.agency_id,
+        f.name,
+        f.category.value,
+        f.minimum_age,
+        f.maximum_age,
+        f.gender.value if f.gender else None,
+        f.mat_friendly,
+        sorted(f.insurance),
+        sorted(f.languages),
+        f.capacity_status.value,
+        f.available,
+        f.capacity_as_of,
+        sorted(f.postal_codes),
+        sorted(f.counties),
+        f.radius_km,
+        [list(point) for point in f.locations],
+        [[sorted(h.weekdays), h.opens_at.isoformat(), h.closes_at.isoformat()] for h in f.schedule],
     )
 
 
-async def services_in(conn: asyncpg.Connection, category: NeedCategory) -> list[AgencyService]:
-    rows = await conn.fetch("SELECT * FROM agency_services WHERE category = $1", category.value)
-    return [
-        AgencyService(
-            service_id=r["service_id"],
-            agency_id=r["agency_id"],
-            name=r["name"],
-            category=NeedCategory(r["category"]),
-            postal_codes=frozenset(r["postal_codes"]),
-            languages=frozenset(r["languages"]),
-        )
-        for r in rows
-    ]
+def _coverage_rows(f: ServiceFacts) -> list[tuple[str, str, str, str]]:
+    areas = [("postal_code", code) for code in f.postal_codes]
+    areas += [("county", county) for county in f.counties]
+    if f.radius_km is not None:
+        cells = {c for point in f.locations for c in cells_within(point, f.radius_km)}
+        areas += [("cell", cell) for cell in sorted(cells)]
+    return [(kind, area, f.category.value, f.service_id) for kind, area in areas]
 
 
-async def agency_name(conn: asyncpg.Connection, agency_id: str) -> str | None:
-    name = await conn.fetchval("SELECT name FROM agencies WHERE agency_id = $1", agency_id)
+async def _rebase_capacity(conn: asyncpg.Connection, facts: list[ServiceFacts]) -> None:
+    """A capacity count newer than the last one already includes the acceptances before
+    it, so those stop counting; places held by open offers still do."""
+    await conn.executemany(
+        "INSERT INTO capacity_counters (service_id, baseline_at) VALUES ($1, $2) "
+        "ON CONFLICT (service_id) DO UPDATE SET consumed = 0, baseline_at = EXCLUDED.baseline_at "
+        "WHERE EXCLUDED.baseline_at IS NOT NULL AND (capacity_counters.baseline_at IS NULL "
+        "OR EXCLUDED.baseline_at > capacity_counters.baseline_at)",
+        [(f.service_id, f.capacity_as_of) for f in facts],
+    )
+
+
+async def remove_agency(conn: asyncpg.Connection, agency_id: str) -> None:
+    await conn.execute("DELETE FROM agency_profiles WHERE agency_id = $1", agency_id)
+
+
+async def agency_profile(conn: asyncpg.Connection, agency_id: str) -> AgencyProfile | None:
+    data = await conn.fetchval(
+        "SELECT profile FROM agency_profiles WHERE agency_id = $1", agency_id
+    )
+    return AgencyProfile.model_validate(data) if data is not None else None
+
+
+async def candidate_services(
+    conn: asyncpg.Connection,
+    category: NeedCategory,
+    postal_code: str,
+    county: str | None,
+    cell: str | None,
+) -> list[ServiceView]:
+    """Services of the category whose area may reach the person: by ZIP, county or grid
+    cell, each an index lookup, so the cost follows the area's services, not the
+    directory's size."""
+    rows = await conn.fetch(
+        "SELECT s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
+        "coalesce(c.consumed, 0) AS consumed "
+        "FROM match_services s JOIN agency_profiles p USING (agency_id) "
+        "LEFT JOIN capacity_counters c USING (service_id) "
+        "WHERE s.service_id IN (SELECT service_id FROM service_coverage WHERE category = $1 "
+        "AND ((kind = 'postal_code' AND area = $2) OR (kind = 'county' AND area = $3) "
+        "OR (kind = 'cell' AND area = $4)))",
+        category.value,
+        postal_code,
+        (county or "").lower(),
+        cell or "",
+    )
+    return [_service_view(r) for r in rows]
+
+
+def _service_view(r: asyncpg.Record) -> ServiceView:
+    return ServiceView(
+        service_id=r["service_id"],
+        agency_id=r["agency_id"],
+        agency_name=r["agency_name"],
+        name=r["name"],
+        category=NeedCategory(r["category"]),
+        postal_codes=frozenset(r["postal_codes"]),
+        counties=frozenset(r["counties"]),
+        radius_km=r["radius_km"],
+        locations=tuple((lat, lon) for lat, lon in r["locations"]),
+        languages=frozenset(r["languages"]),
+        minimum_age=r["minimum_age"],
+        maximum_age=r["maximum_age"],
+        gender=Gender(r["gender"]) if r["gender"] else None,
+        mat_friendly=r["mat_friendly"],
+        insurance=frozenset(r["insurance"]),
+        capacity_status=CapacityStatus(r["capacity_status"]),
+        available=r["available"],
+        reserved=r["reserved"],
+        consumed=r["consumed"],
+        schedule=tuple(
+            OpeningHours(frozenset(days), time.fromisoformat(opens), time.fromisoformat(closes))
+            for days, opens, closes in r["schedule"]
+        ),
+    )
+
+
+async def agency_name(conn: asyncpg.Connection, agency_id: str | None) -> str | None:
+    if agency_id is None:
+        return None
+    name = await conn.fetchval("SELECT name FROM agency_profiles WHERE agency_id = $1", agency_id)
     return str(name) if name is not None else None
+
+
+async def service_agency(conn: asyncpg.Connection, service_id: str) -> str | None:
+    agency: str | None = await conn.fetchval(
+        "SELECT agency_id FROM match_services WHERE service_id = $1", service_id
+    )
+    return agency
+
+
+# --- capacity: an open offer holds a place, an acceptance takes it ----------------------
+
+
+async def reserve_place(conn: asyncpg.Connection, service_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO capacity_counters (service_id, reserved) VALUES ($1, 1) "
+        "ON CONFLICT (service_id) DO UPDATE SET reserved = capacity_counters.reserved + 1",
+        service_id,
+    )
+
+
+async def release_place(conn: asyncpg.Connection, service_id: str, *, taken: bool) -> None:
+    """The offer is no longer open; ``taken`` when it was accepted."""
+    await conn.execute(
+        "UPDATE capacity_counters SET reserved = reserved - 1, "
+        "consumed = consumed + CASE WHEN $2 THEN 1 ELSE 0 END WHERE service_id = $1",
+        service_id,
+        taken,
+    )
+
+
+# --- agencies' recent behaviour --------------------------------------------------------
+
+
+async def agency_stats(conn: asyncpg.Connection, agency_ids: list[str]) -> dict[str, AgencyStats]:
+    rows = await conn.fetch(
+        "SELECT * FROM agency_stats WHERE agency_id = ANY($1::text[])", agency_ids
+    )
+    return {
+        r["agency_id"]: AgencyStats(r["answered"], r["acceptance_rate"], r["response_hours"])
+        for r in rows
+    }
+
+
+async def record_answer(
+    conn: asyncpg.Connection, agency_id: str, accepted: bool, hours: float, weight: float
+) -> None:
+    """Moving averages: each answer moves the rate and the time ``weight`` of the way."""
+    await conn.execute(
+        "INSERT INTO agency_stats AS s (agency_id, answered, acceptance_rate, response_hours) "
+        "VALUES ($1, 1, $5::float8 + $4::float8 * ($2::float8 - $5::float8), "
+        "$6::float8 + $4::float8 * ($3::float8 - $6::float8)) "
+        "ON CONFLICT (agency_id) DO UPDATE SET answered = s.answered + 1, "
+        "acceptance_rate = s.acceptance_rate + $4::float8 * ($2::float8 - s.acceptance_rate), "
+        "response_hours = s.response_hours + $4::float8 * ($3::float8 - s.response_hours)",
+        agency_id,
+        1.0 if accepted else 0.0,
+        hours,
+        weight,
+        PRIOR_ACCEPTANCE_RATE,
+        PRIOR_RESPONSE_HOURS,
+    )
+
+
+# --- offers ------------------------------------------------------------------------------
+
+
+async def insert_offer(conn: asyncpg.Connection, offer: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO offers (offer_id, need_id, agency_id, service_id, attempt, status, "
+        "respond_by, offered_at, explanation) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8)",
+        offer["offer_id"],
+        offer["need_id"],
+        offer["agency_id"],
+        offer["service_id"],
+        offer["attempt"],
+        offer["respond_by"],
+        offer["offered_at"],
+        offer["explanation"],
+    )
+
+
+async def offer(conn: asyncpg.Connection, offer_id: UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM offers WHERE offer_id = $1", offer_id)
+    return dict(row) if row else None
+
+
+async def open_offers(conn: asyncpg.Connection, need_id: UUID) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT * FROM offers WHERE need_id = $1 AND status = 'open' ORDER BY attempt", need_id
+    )
+    return [dict(r) for r in rows]
+
+
+async def close_offer(conn: asyncpg.Connection, offer_id: UUID, status: str, at: datetime) -> None:
+    await conn.execute(
+        "UPDATE offers SET status = $2, answered_at = $3 WHERE offer_id = $1", offer_id, status, at
+    )
 
 
 async def insert_referral(
@@ -66,9 +279,9 @@ async def insert_referral(
     """The new referral row, or None when the need is already known."""
     row = await conn.fetchrow(
         "INSERT INTO referrals (need_id, person_ref, category, urgency, postal_code, languages, "
-        "consent, consent_id, county, age_years, recovery_stage, constraints, status, sequence, "
-        "updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', 1, $13) "
+        "consent, consent_id, county, age_years, recovery_stage, constraints, gender, status, "
+        "sequence, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'submitted', 1, $14) "
         "ON CONFLICT DO NOTHING RETURNING *",
         need.need_id,
         need.person_ref,
@@ -82,6 +295,7 @@ async def insert_referral(
         need.age_years,
         need.recovery_stage.value if need.recovery_stage else None,
         need.constraints.model_dump(mode="json"),
+        need.gender.value if need.gender else None,
         at,
     )
     return dict(row) if row else None
@@ -137,7 +351,8 @@ async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[s
 async def save_referral(conn: asyncpg.Connection, ref: dict[str, Any]) -> None:
     await conn.execute(
         "UPDATE referrals SET status = $2, sequence = $3, attempt = $4, agency_id = $5, "
-        "offer_id = $6, respond_by = $7, tried = $8, updated_at = $9 WHERE need_id = $1",
+        "offer_id = $6, respond_by = $7, tried = $8, updated_at = $9, service_id = $10 "
+        "WHERE need_id = $1",
         ref["need_id"],
         ref["status"],
         ref["sequence"],
@@ -147,4 +362,5 @@ async def save_referral(conn: asyncpg.Connection, ref: dict[str, Any]) -> None:
         ref["respond_by"],
         ref["tried"],
         ref["updated_at"],
+        ref["service_id"],
     )

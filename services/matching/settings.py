@@ -3,9 +3,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from shared.settings import BaseServiceSettings
+from pydantic import Field
 
-DEMO_DIRECTORY = Path(__file__).parent / "directory" / "demo"
+from services.matching.geo import DEMO_CENTROIDS
+from shared.settings import BaseServiceSettings
 
 
 class MatchingSettings(BaseServiceSettings):
@@ -13,9 +14,14 @@ class MatchingSettings(BaseServiceSettings):
     deadline_urgent_h: float = 2
     deadline_soon_h: float = 24
     deadline_routine_h: float = 72
-    # Agencies asked in turn before the need is reported unmatched.
-    max_offer_attempts: int = 5
-    # An HSDS tabular data package (CSV) loaded at start-up.
-    directory_path: Path = DEMO_DIRECTORY
+    # Offers made for one need before it is reported unmatched.
+    max_offer_attempts: int = Field(default=5, ge=1)
+    # Agencies offered an urgent need at once (1: one at a time, like every other need). The
+    # first to accept wins; the others are withdrawn.
+    urgent_fanout: int = Field(default=1, ge=1)
+    # How far each answered offer moves an agency's acceptance rate and response time.
+    agency_stats_weight: float = Field(default=0.2, gt=0, le=1)
+    # ZIP code centroids (postal_code,county,state,latitude,longitude) for distance and radius.
+    postal_centroids_path: Path = DEMO_CENTROIDS
     # Faust's working directory; with the memory store nothing durable is kept there.
     faust_datadir: Path = Path(tempfile.gettempdir()) / "refnet-matching"

@@ -9,11 +9,17 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.notifications import repository as repo
-from services.notifications.handlers import Answer, Deps, agency_for_key, answer_offer
-from shared.events import DeclineReason
+from services.notifications.handlers import (
+    Answer,
+    Deps,
+    agency_for_key,
+    answer_offer,
+    report_capacity,
+)
+from shared.events import CapacityStatus, CapacityUpdated, DeclineReason
 
 router = APIRouter(prefix="/agency/v1", tags=["agency"])
 _bearer = HTTPBearer(auto_error=False)
@@ -55,6 +61,27 @@ class AnswerPublic(BaseModel):
     answer: str
 
 
+class OfferStatusPublic(BaseModel):
+    offer_id: UUID
+    need_id: UUID
+    respond_by: datetime
+    # open, answered (your answer is on its way to matching), placed (another agency
+    # accepted first) or closed (expired, withdrawn, or the referral moved on)
+    status: str
+
+
+class CapacityBody(BaseModel):
+    status: CapacityStatus
+    available: int | None = Field(default=None, ge=0, description="Places free right now.")
+    maximum: int | None = Field(default=None, ge=0)
+
+
+class CapacityAccepted(BaseModel):
+    service_id: str
+    status: CapacityStatus
+    available: int | None
+
+
 @router.get("/offers")
 async def list_open_offers(agency_id: AgencyId, deps: AppDeps) -> list[OfferPublic]:
     async with deps.pool.acquire() as conn:
@@ -70,6 +97,8 @@ async def _answer(
     result = await answer_offer(deps, agency_id, offer_id, reason)
     if result == Answer.NOT_FOUND:
         raise HTTPException(404, f"No offer {offer_id} for agency {agency_id}.")
+    if result == Answer.ALREADY_PLACED:
+        raise HTTPException(409, "Already placed: another agency accepted this referral first.")
     if result == Answer.NOT_OPEN:
         raise HTTPException(409, "This offer is no longer open (answered, expired or withdrawn).")
     return AnswerPublic(offer_id=offer_id, answer="accepted" if reason is None else "declined")
@@ -85,3 +114,30 @@ async def decline_offer(
     offer_id: UUID, body: DeclineBody, agency_id: AgencyId, deps: AppDeps
 ) -> AnswerPublic:
     return await _answer(deps, agency_id, offer_id, body.reason)
+
+
+@router.get("/offers/{offer_id}")
+async def offer_status(offer_id: UUID, agency_id: AgencyId, deps: AppDeps) -> OfferStatusPublic:
+    async with deps.pool.acquire() as conn:
+        row = await repo.agency_offer(conn, agency_id, offer_id)
+    if row is None:
+        raise HTTPException(404, f"No offer {offer_id} for agency {agency_id}.")
+    return OfferStatusPublic(**{k: row[k] for k in ("offer_id", "need_id", "respond_by", "status")})
+
+
+@router.put("/services/{service_id}/capacity", status_code=202)
+async def update_capacity(
+    service_id: str, body: CapacityBody, agency_id: AgencyId, deps: AppDeps
+) -> CapacityAccepted:
+    """Report a service's room. Matching applies it within seconds; a service that is not
+    yours is refused there (and dead-lettered for the operator)."""
+    update = CapacityUpdated(
+        agency_id=agency_id,
+        service_id=service_id,
+        status=body.status,
+        available=body.available,
+        maximum=body.maximum,
+        updated_at=deps.clock.now(),
+    )
+    await report_capacity(deps, update)
+    return CapacityAccepted(service_id=service_id, status=body.status, available=body.available)

@@ -22,6 +22,7 @@ from shared.clock import Clock
 from shared.cloudevents import Envelope
 from shared.events import (
     CATEGORY_LABELS,
+    CapacityUpdated,
     ConsentRevoked,
     DeclineReason,
     NeedCategory,
@@ -33,7 +34,7 @@ from shared.events import (
     ReferralStatusChanged,
 )
 from shared.inbox import first_delivery
-from shared.topics import OFFER_RESPONSES
+from shared.topics import CAPACITY_UPDATES, OFFER_RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,10 @@ async def _follow_referral(
         await repo.set_offer_status(conn, offer_id, "closed", now)
         await repo.cancel_jobs(conn, offer_id=offer_id, kind=JobKind.OFFER_DEADLINE)
     payload: dict[str, Any] = {"agency_name": change.agency_name, "reason": change.reason}
+    if change.status == ReferralStatus.ACCEPTED and offer_id is not None:
+        # Others asked at the same time (an urgent fan-out) can no longer take the person.
+        for other in await repo.close_others_as_placed(conn, need_id, offer_id, now):
+            await repo.cancel_jobs(conn, offer_id=other, kind=JobKind.OFFER_DEADLINE)
     if change.status == ReferralStatus.ACCEPTED:
         await repo.schedule(
             conn, job_id(need_id, JobKind.ACCEPTED_EMAIL), JobKind.ACCEPTED_EMAIL, need_id, now,
@@ -150,6 +155,7 @@ class Answer(StrEnum):
     RECORDED = "recorded"
     NOT_FOUND = "not_found"
     NOT_OPEN = "not_open"
+    ALREADY_PLACED = "already_placed"
 
 
 def hash_api_key(key: str) -> str:
@@ -177,6 +183,8 @@ async def answer_offer(
         offer = await repo.offer_for_update(conn, offer_id)
         if offer is None or offer["agency_id"] != agency_id:
             return Answer.NOT_FOUND  # another agency's offer is indistinguishable from none
+        if offer["status"] == "placed":
+            return Answer.ALREADY_PLACED
         if offer["status"] != "open" or now > offer["respond_by"]:
             return Answer.NOT_OPEN
         await repo.set_offer_status(conn, offer_id, "answered", now)
@@ -188,6 +196,13 @@ async def answer_offer(
         )
         await outbox.enqueue(conn, OFFER_RESPONSES, response, source=SOURCE, clock=deps.clock)
     return Answer.RECORDED
+
+
+async def report_capacity(deps: Deps, update: CapacityUpdated) -> None:
+    """Pass an agency's capacity report on to the directory (matching), which checks the
+    service is the agency's and dead-letters it with the reason if not."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue(conn, CAPACITY_UPDATES, update, source=SOURCE, clock=deps.clock)
 
 
 # --- running due jobs ----------------------------------------------------------------------

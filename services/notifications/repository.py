@@ -105,6 +105,30 @@ async def close_offers(conn: asyncpg.Connection, need_ids: list[UUID], at: datet
     )
 
 
+async def close_others_as_placed(
+    conn: asyncpg.Connection, need_id: UUID, accepted_offer_id: UUID, at: datetime
+) -> list[UUID]:
+    """The need is placed: every other offer of it is closed, and an answer to one of them
+    is told so. Returns the offers closed."""
+    rows = await conn.fetch(
+        "UPDATE offers SET status = 'placed', updated_at = $3 "
+        "WHERE need_id = $1 AND offer_id <> $2 AND status IN ('open', 'answered') "
+        "RETURNING offer_id",
+        need_id,
+        accepted_offer_id,
+        at,
+    )
+    return [r["offer_id"] for r in rows]
+
+
+async def agency_offer(
+    conn: asyncpg.Connection, agency_id: str, offer_id: UUID
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM offers WHERE offer_id = $1 AND agency_id = $2", offer_id, agency_id
+    )
+
+
 async def offer_for_update(conn: asyncpg.Connection, offer_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM offers WHERE offer_id = $1 FOR UPDATE", offer_id)
 

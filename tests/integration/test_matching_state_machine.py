@@ -1,8 +1,10 @@
-"""The referral state machine on real Postgres: ask agencies in turn until one accepts."""
+"""The referral state machine on real Postgres: ask agencies in turn until one accepts,
+fan an urgent need out, refuse a late acceptance, and keep every place counted."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -11,12 +13,21 @@ import pytest
 import pytest_asyncio
 
 from services.matching import repository as repo
-from services.matching.directory import Agency, AgencyService
-from services.matching.handlers import Deps, handle_need_submitted, handle_offer_response
+from services.matching.geo import load_centroids
+from services.matching.handlers import (
+    Deps,
+    handle_agency_profile,
+    handle_agency_removed,
+    handle_capacity_update,
+    handle_need_submitted,
+    handle_offer_response,
+)
 from services.matching.settings import MatchingSettings
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
+    CapacityStatus,
+    CapacityUpdated,
     DeclineReason,
     Event,
     NeedCategory,
@@ -26,47 +37,45 @@ from shared.events import (
     OfferExpired,
     Urgency,
 )
-from tests.factories import need_submitted
+from shared.hsds import AgencyProfile
+from tests.factories import ServiceSpec, agency_profile, need_submitted
 
 pytestmark = pytest.mark.integration
-CLOCK = ManualClock(datetime(2026, 11, 21, 9, 0, tzinfo=UTC))
+CLOCK = ManualClock(datetime(2026, 11, 21, 17, 0, tzinfo=UTC))
+PLACES = load_centroids()
+LAT, LON = PLACES["97214"].point
 AGENCIES = ["ag-near", "ag-wide", "ag-wider"]
 
 
-def settings() -> MatchingSettings:
-    return MatchingSettings(database_url="postgresql://unused", kafka_bootstrap_servers="unused")
+def settings(**overrides: Any) -> MatchingSettings:
+    return MatchingSettings(
+        database_url="postgresql://unused", kafka_bootstrap_servers="unused", **overrides
+    )
 
 
 def envelope(event: Event) -> Envelope:
     return Envelope(str(uuid4()), "/tests", event.ce_type, CLOCK.now(), 1, event)
 
 
-async def given_a_directory(pool: asyncpg.Pool) -> None:
-    zips = {
-        "ag-near": {"97214"},
-        "ag-wide": {"97214", "97202"},
-        "ag-wider": {"97214", "97202", "97206"},
-    }
-    async with pool.acquire() as conn:
-        await repo.replace_directory(
-            conn,
-            [Agency(a, a.title(), None) for a in AGENCIES],
-            [
-                AgencyService(
-                    f"svc-{a}",
-                    a,
-                    "Peer group",
-                    NeedCategory.PEER_SUPPORT,
-                    frozenset(z),
-                    frozenset({"en"}),
-                )
-                for a, z in zips.items()
-            ],
+def the_three_agencies() -> list[AgencyProfile]:
+    """Three peer groups serving ZIP 97214, nearer to farther from its centroid."""
+    return [
+        agency_profile(
+            agency,
+            ServiceSpec(f"svc-{agency}", location=(LAT + km / 111, LON), mat_friendly=True),
         )
+        for agency, km in zip(AGENCIES, (0, 3, 8), strict=True)
+    ]
 
 
-def a_need(category: NeedCategory = NeedCategory.PEER_SUPPORT) -> NeedSubmitted:
-    return need_submitted(category, at=CLOCK.now(), urgency=Urgency.URGENT)
+async def given_a_directory(pool: asyncpg.Pool, *profiles: AgencyProfile) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for profile in profiles or the_three_agencies():
+            await repo.apply_profile(conn, profile)
+
+
+def a_need(category: NeedCategory = NeedCategory.PEER_SUPPORT, **changes: Any) -> NeedSubmitted:
+    return need_submitted(category, at=CLOCK.now(), **{"urgency": Urgency.URGENT, **changes})
 
 
 async def emitted(pool: asyncpg.Pool, need_id: UUID) -> list[tuple[str, Any]]:
@@ -75,8 +84,6 @@ async def emitted(pool: asyncpg.Pool, need_id: UUID) -> list[tuple[str, Any]]:
         rows = await conn.fetch(
             "SELECT topic, value FROM outbox WHERE key = $1 ORDER BY id", str(need_id)
         )
-    import json
-
     return [(r["topic"], json.loads(r["value"])) for r in rows]
 
 
@@ -84,18 +91,41 @@ def statuses(events: list[tuple[str, Any]]) -> list[str]:
     return [p["status"] for t, p in events if t == "refnet.referral-events.v1"]
 
 
+def offers_made(events: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    return [p for t, p in events if t.startswith("refnet.agency.") and "attempt" in p]
+
+
 def last_offer(events: list[tuple[str, Any]]) -> dict[str, Any]:
-    return [p for t, p in events if t.startswith("refnet.agency.") and "attempt" in p][-1]
+    return offers_made(events)[-1]
+
+
+def on_agency_topics(events: list[tuple[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Withdrawals ("reason" without "attempt") or refusals, by a word in their reason."""
+    return [
+        p
+        for t, p in events
+        if t.startswith("refnet.agency.") and "attempt" not in p and kind in p["reason"]
+    ]
+
+
+def answer(kind: type, offer: dict[str, Any], **extra: Any) -> Envelope:
+    ids = {"offer_id": offer["offer_id"], "need_id": offer["need_id"]}
+    at = {OfferAccepted: "accepted_at", OfferDeclined: "declined_at", OfferExpired: "expired_at"}
+    return envelope(kind(**ids, agency_id=offer["agency_id"], **{at[kind]: CLOCK.now()}, **extra))
+
+
+def decline(offer: dict[str, Any]) -> Envelope:
+    return answer(OfferDeclined, offer, reason=DeclineReason.NO_CAPACITY)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def deps(matching_pool: asyncpg.Pool) -> Deps:
     """Matching's dependencies over a directory of three peer-support agencies."""
     await given_a_directory(matching_pool)
-    return Deps(matching_pool, CLOCK, settings())
+    return Deps(matching_pool, CLOCK, settings(), PLACES)
 
 
-async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(
+async def test_a_need_is_offered_to_the_best_agency_with_a_deadline_and_the_reasons(
     deps: Deps,
 ) -> None:
     need = a_need()
@@ -105,95 +135,275 @@ async def test_a_need_is_offered_to_the_most_local_agency_with_a_deadline(
     events = await emitted(deps.pool, need.need_id)
     assert statuses(events) == ["submitted", "offered"]
     offer = last_offer(events)
-    assert offer["agency_id"] == "ag-near"
-    assert offer["respond_by"].startswith("2026-11-21T11:00")  # urgent: two hours
+    assert (offer["agency_id"], offer["service_id"]) == ("ag-near", "svc-ag-near")
+    assert offer["respond_by"].startswith("2026-11-21T19:00")  # urgent: two hours
+    factors = {f["name"]: f["value"] for f in offer["explanation"]}
+    assert factors["service_area"] == "serves ZIP 97214"
+    assert factors["distance"] == "0.0 km"
+    assert offer["score"] == round(sum(f["points"] for f in offer["explanation"]), 2)
 
 
-async def test_declined_and_expired_offers_go_to_the_next_agency_then_unmatched(
+async def test_declined_and_expired_offers_go_to_the_next_agency_in_rank_order(
     deps: Deps,
 ) -> None:
     need = a_need()
     await handle_need_submitted(deps, envelope(need))
 
-    def answer(kind: type, offer: dict[str, Any], **extra: Any) -> Envelope:
-        ids = {
-            "offer_id": offer["offer_id"],
-            "need_id": need.need_id,
-            "agency_id": offer["agency_id"],
-        }
-        return envelope(kind(**ids, **extra))
-
     first = last_offer(await emitted(deps.pool, need.need_id))
-    await handle_offer_response(
-        deps,
-        answer(OfferDeclined, first, reason=DeclineReason.NO_CAPACITY, declined_at=CLOCK.now()),
-    )
+    await handle_offer_response(deps, decline(first))
     second = last_offer(await emitted(deps.pool, need.need_id))
-    await handle_offer_response(deps, answer(OfferExpired, second, expired_at=CLOCK.now()))
+    await handle_offer_response(deps, answer(OfferExpired, second))
     third = last_offer(await emitted(deps.pool, need.need_id))
-    await handle_offer_response(
-        deps, answer(OfferDeclined, third, reason=DeclineReason.OTHER, declined_at=CLOCK.now())
-    )
+    await handle_offer_response(deps, answer(OfferDeclined, third, reason=DeclineReason.OTHER))
 
     events = await emitted(deps.pool, need.need_id)
     assert [first["agency_id"], second["agency_id"], third["agency_id"]] == AGENCIES
     assert statuses(events) == [
-        "submitted",
-        "offered",
-        "declined",
-        "offered",
-        "expired",
-        "offered",
-        "declined",
+        "submitted", "offered", "declined", "offered", "expired", "offered", "declined",
         "unmatched",
-    ]
+    ]  # fmt: skip
     unmatched = [p for t, p in events if p.get("status") == "unmatched"][0]
-    assert {e["agency_id"] for e in unmatched["excluded"]} == set(AGENCIES)
-    withdrawn = [p for t, p in events if "reason" in p and t.startswith("refnet.agency.")]
-    assert [w["agency_id"] for w in withdrawn] == ["ag-wide"], "the expired offer is withdrawn"
+    assert {e["agency_id"]: e["reason"] for e in unmatched["excluded"]} == {
+        agency: "already offered this need" for agency in AGENCIES
+    }
+    expired = on_agency_topics(events, "expired")
+    assert [w["agency_id"] for w in expired] == ["ag-wide"], "the expired offer is withdrawn"
 
 
-async def test_a_late_or_repeated_answer_changes_nothing(
-    deps: Deps,
-) -> None:
+async def test_attempts_are_capped_then_the_need_is_unmatched(deps: Deps) -> None:
+    deps = Deps(deps.pool, CLOCK, settings(max_offer_attempts=2), PLACES)
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+
+    for _ in range(2):
+        await handle_offer_response(
+            deps, decline(last_offer(await emitted(deps.pool, need.need_id)))
+        )
+
+    events = await emitted(deps.pool, need.need_id)
+    assert len(offers_made(events)) == 2
+    assert [p["reason"] for t, p in events if p.get("status") == "unmatched"] == [
+        "2 offers made, none accepted"
+    ]
+
+
+async def test_a_repeated_need_or_answer_makes_no_second_offer(deps: Deps) -> None:
     need = a_need()
     await handle_need_submitted(deps, envelope(need))
     offer = last_offer(await emitted(deps.pool, need.need_id))
-    accepted = envelope(
-        OfferAccepted(
-            offer_id=offer["offer_id"],
-            need_id=need.need_id,
-            agency_id=offer["agency_id"],
-            accepted_at=CLOCK.now(),
-        )
-    )
+    accepted = answer(OfferAccepted, offer)
 
     await handle_offer_response(deps, accepted)
     await handle_offer_response(deps, accepted)  # the same event redelivered
     await handle_offer_response(deps, envelope(accepted.event))  # the same answer, new event id
     await handle_need_submitted(deps, envelope(need))  # the need itself re-sent
 
-    assert statuses(await emitted(deps.pool, need.need_id)) == [
-        "submitted",
-        "offered",
-        "accepted",
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered", "accepted"]
+    assert len(offers_made(events)) == 1
+
+
+async def test_an_acceptance_after_the_deadline_is_refused_and_the_need_moves_on(
+    deps: Deps,
+) -> None:
+    clock = ManualClock(CLOCK.now())
+    deps = Deps(deps.pool, clock, settings(), PLACES)
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+    offer = last_offer(await emitted(deps.pool, need.need_id))
+
+    clock.advance(timedelta(hours=2, minutes=1))
+    await handle_offer_response(deps, answer(OfferAccepted, offer))
+    await handle_offer_response(deps, answer(OfferExpired, offer))  # notifications' own, later
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered", "expired", "offered"]
+    assert [r["reason"] for r in on_agency_topics(events, "after the deadline")] == [
+        "expired: the acceptance came after the deadline"
+    ]
+    assert last_offer(events)["agency_id"] == "ag-wide"
+
+
+async def test_an_answer_to_an_offer_never_made_or_made_to_another_agency_is_poison(
+    deps: Deps,
+) -> None:
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+    offer = last_offer(await emitted(deps.pool, need.need_id))
+    forged = {**offer, "agency_id": "ag-wide"}
+    stray = {**offer, "offer_id": str(uuid4())}
+
+    with pytest.raises(PoisonMessage, match="was made to ag-near, not ag-wide"):
+        await handle_offer_response(deps, answer(OfferAccepted, forged))
+    with pytest.raises(PoisonMessage, match="no offer"):
+        await handle_offer_response(deps, answer(OfferAccepted, stray))
+
+
+async def test_a_need_no_agency_serves_is_unmatched_at_once_saying_so(deps: Deps) -> None:
+    need = a_need(NeedCategory.CHILD_CARE)
+
+    await handle_need_submitted(deps, envelope(need))
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "unmatched"]
+    assert [p["reason"] for t, p in events if p.get("status") == "unmatched"] == [
+        "no agency in the directory offers Child care in ZIP 97214 or Multnomah County"
     ]
 
 
-async def test_an_answer_for_an_unknown_need_is_poison(
-    deps: Deps,
-) -> None:
-    deps = Deps(deps.pool, CLOCK, settings())
-    stray = OfferAccepted(
-        offer_id=uuid4(), need_id=uuid4(), agency_id="ag-near", accepted_at=CLOCK.now()
-    )
-    with pytest.raises(PoisonMessage, match="no referral"):
-        await handle_offer_response(deps, envelope(stray))
-
-
-async def test_a_need_with_no_agency_in_its_category_is_unmatched_at_once(
-    deps: Deps,
-) -> None:
-    need = a_need(NeedCategory.CHILD_CARE)
+async def test_an_urgent_need_fans_out_and_the_first_acceptance_wins(deps: Deps) -> None:
+    deps = Deps(deps.pool, CLOCK, settings(urgent_fanout=2), PLACES)
+    need = a_need()
     await handle_need_submitted(deps, envelope(need))
-    assert statuses(await emitted(deps.pool, need.need_id)) == ["submitted", "unmatched"]
+    first, second = offers_made(await emitted(deps.pool, need.need_id))
+
+    await handle_offer_response(deps, answer(OfferAccepted, second))
+    await handle_offer_response(deps, answer(OfferAccepted, first))  # too late
+
+    events = await emitted(deps.pool, need.need_id)
+    assert [o["agency_id"] for o in (first, second)] == ["ag-near", "ag-wide"]
+    assert statuses(events) == ["submitted", "offered", "offered", "accepted"]
+    assert [w["agency_id"] for w in on_agency_topics(events, "placed with another")] == ["ag-near"]
+    assert [(r["agency_id"], r["reason"]) for r in on_agency_topics(events, "already placed")] == [
+        ("ag-near", "already placed: another agency accepted this referral first")
+    ]
+
+
+async def test_a_decline_in_a_fan_out_leaves_the_others_open(deps: Deps) -> None:
+    deps = Deps(deps.pool, CLOCK, settings(urgent_fanout=2), PLACES)
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+    first, second = offers_made(await emitted(deps.pool, need.need_id))
+
+    await handle_offer_response(deps, decline(first))
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events)[-2:] == ["declined", "offered"]
+    assert len(offers_made(events)) == 2, "no new offer while one is still open"
+
+    await handle_offer_response(deps, decline(second))
+    events = await emitted(deps.pool, need.need_id)
+    assert [o["agency_id"] for o in offers_made(events)] == AGENCIES
+
+
+async def capacity_of(pool: asyncpg.Pool, service_id: str) -> tuple[int, int]:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT reserved, consumed FROM capacity_counters WHERE service_id = $1", service_id
+        )
+    return (row["reserved"], row["consumed"]) if row else (0, 0)
+
+
+async def test_an_open_offer_holds_a_place_and_a_full_service_gets_nothing(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    two_places = agency_profile("ag-small", ServiceSpec("svc-small", available=2))
+    other = agency_profile("ag-other", ServiceSpec("svc-other", location=(LAT + 0.1, LON)))
+    await given_a_directory(matching_pool, two_places, other)
+    deps = Deps(matching_pool, CLOCK, settings(), PLACES)
+    needs = [a_need() for _ in range(3)]
+
+    for need in needs:
+        await handle_need_submitted(deps, envelope(need))
+
+    agencies = [last_offer(await emitted(deps.pool, n.need_id))["agency_id"] for n in needs]
+    assert agencies == ["ag-small", "ag-small", "ag-other"]
+    assert await capacity_of(matching_pool, "svc-small") == (2, 0)
+
+    await handle_offer_response(
+        deps, decline(last_offer(await emitted(deps.pool, needs[0].need_id)))
+    )
+    assert await capacity_of(matching_pool, "svc-small") == (1, 0)
+    await handle_offer_response(
+        deps, answer(OfferAccepted, last_offer(await emitted(deps.pool, needs[1].need_id)))
+    )
+    assert await capacity_of(matching_pool, "svc-small") == (0, 1)
+
+
+async def test_an_agency_reports_no_capacity_and_then_room_again(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    """The report goes through the directory's owner, which republishes the profile; matching
+    applies the profile as it would from the topic."""
+    await given_a_directory(matching_pool)
+    async with matching_pool.acquire() as conn, conn.transaction():
+        await _import(conn, the_three_agencies())
+    deps = Deps(matching_pool, CLOCK, settings(), PLACES)
+
+    await _report(deps, "ag-near", "svc-ag-near", CapacityStatus.NO_CAPACITY, None)
+    full = a_need()
+    await handle_need_submitted(deps, envelope(full))
+    await _report(deps, "ag-near", "svc-ag-near", CapacityStatus.CAPACITY, 4)
+    room = a_need()
+    await handle_need_submitted(deps, envelope(room))
+
+    assert last_offer(await emitted(deps.pool, full.need_id))["agency_id"] == "ag-wide"
+    offer = last_offer(await emitted(deps.pool, room.need_id))
+    assert offer["agency_id"] == "ag-near"
+    capacity = {f["name"]: f["value"] for f in offer["explanation"]}["capacity"]
+    assert capacity == "4 place(s) free"
+
+
+async def test_a_capacity_report_for_another_agencys_service_is_poison(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    async with matching_pool.acquire() as conn, conn.transaction():
+        await _import(conn, the_three_agencies())
+    deps = Deps(matching_pool, CLOCK, settings(), PLACES)
+
+    with pytest.raises(PoisonMessage, match="agency ag-wide has no service svc-ag-near"):
+        await _report(deps, "ag-wide", "svc-ag-near", CapacityStatus.NO_CAPACITY, None)
+
+
+async def test_a_stale_profile_is_ignored_and_a_tombstone_removes_the_agency(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    deps = Deps(matching_pool, CLOCK, settings(), PLACES)
+    newer = agency_profile("ag-a", ServiceSpec("svc-a", languages=("es",)), revision=5)
+    older = agency_profile("ag-a", ServiceSpec("svc-a", languages=("en",)), revision=4)
+
+    await handle_agency_profile(deps, envelope(newer))
+    await handle_agency_profile(deps, envelope(older))
+    async with matching_pool.acquire() as conn:
+        kept = await conn.fetchval(
+            "SELECT languages FROM match_services WHERE service_id = 'svc-a'"
+        )
+    await handle_agency_removed(deps, "ag-a")
+    async with matching_pool.acquire() as conn:
+        left = await conn.fetchval("SELECT count(*) FROM match_services")
+
+    assert kept == ["es"]
+    assert left == 0
+
+
+async def _import(conn: asyncpg.Connection, profiles: list[AgencyProfile]) -> None:
+    """Make the directory's owner hold these agencies, as `refnet directory import` would."""
+    from services.matching.directory import owner
+    from services.matching.directory.package import DirectoryPackage
+    from shared.hsds import PROFILE_FIELDS, TABLES
+
+    rows: dict[str, list[Any]] = {model.table: [] for model in TABLES}
+    for profile in profiles:
+        rows["organization"].append(profile.organization)
+        for table, field in PROFILE_FIELDS.items():
+            seen = {r.id for r in rows[table]}
+            rows[table] += [r for r in getattr(profile, field) if r.id not in seen]
+    package = DirectoryPackage(rows={t: tuple(r) for t, r in rows.items()}, metadata={})
+    await owner.import_package(conn, package, CLOCK)
+
+
+async def _report(
+    deps: Deps, agency: str, service: str, status: CapacityStatus, available: int | None
+) -> None:
+    """An agency's capacity report, and the profile it republishes applied by matching."""
+    update = CapacityUpdated(
+        agency_id=agency, service_id=service, status=status, available=available,
+        updated_at=CLOCK.now(),
+    )  # fmt: skip
+    await handle_capacity_update(deps, envelope(update))
+    async with deps.pool.acquire() as conn:
+        value = await conn.fetchval(
+            "SELECT value FROM outbox WHERE topic = 'refnet.agencies.v1' AND key = $1 "
+            "ORDER BY id DESC LIMIT 1",
+            agency,
+        )
+    await handle_agency_profile(deps, envelope(AgencyProfile.model_validate_json(value)))
