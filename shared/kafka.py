@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from tenacity import (
@@ -230,6 +230,34 @@ async def consume(
                 # The effects are durable and idempotent; a later commit covers this one,
                 # and after a rebalance the new owner's inbox absorbs the redelivery.
                 log.warning("consumer %s: commit failed: %s", dead_letters.consumer_name, exc)
+
+
+async def read_to_end(bootstrap_servers: str, topic: str) -> AsyncIterator[ConsumerRecord]:
+    """Every record of ``topic`` from the beginning up to its end as of now, outside any
+    consumer group: how a service rebuilds its view of a compacted topic."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches the cluster's metadata, partitions included
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            # Tansu answers "latest offset" with the last batch's base offset, not the high
+            # watermark, so records at or past the end are kept: a whole batch arrives.
+            for records in batches.values():
+                for record in records:
+                    yield record
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
 
 
 async def wait_until_ready(what: str, attempt: Callable[[], Awaitable[object]]) -> None:

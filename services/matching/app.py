@@ -31,7 +31,7 @@ from services.matching.handlers import (
 )
 from services.matching.settings import MatchingSettings
 from shared.clock import Clock, clock_for
-from shared.cloudevents import Envelope
+from shared.cloudevents import Envelope, PoisonMessage, decode
 from shared.db import create_pool
 from shared.kafka import (
     DeadLetters,
@@ -39,6 +39,7 @@ from shared.kafka import (
     ensure_topics,
     make_producer,
     process_record,
+    read_to_end,
     wait_until_ready,
 )
 from shared.outbox import OutboxRelay
@@ -83,6 +84,9 @@ class MatchingApp(faust.App):
         self._relay_producer = make_producer(settings, "matching")
         await wait_until_ready("Kafka producer", self._relay_producer.start)
         self.deps = Deps(pool, self.clock, settings, load_centroids(settings.postal_centroids_path))
+        # Needs are matched against the directory, so its view must be current before the
+        # first need is read: the agents start only after this.
+        await wait_until_ready("directory", lambda: self.catch_up_directory())
         self.dead_letters = DeadLetters(self._relay_producer, "matching")
         relay = OutboxRelay(
             pool,
@@ -102,6 +106,32 @@ class MatchingApp(faust.App):
         if self.deps:
             await self.deps.pool.close()
         await super().on_stop()
+
+    async def catch_up_directory(self) -> int:
+        """Read refnet.agencies.v1 from the start to its current end into matching's view.
+        Applying a profile twice changes nothing (revisions), so the agent re-reading the
+        same records afterwards is harmless."""
+        assert self.deps is not None
+        settings = self.refnet_settings
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [AGENCIES.name],
+            settings.kafka_partitions,
+            compacted={AGENCIES.name},
+        )
+        records = 0
+        async for record in read_to_end(settings.kafka_bootstrap_servers, AGENCIES.name):
+            records += 1
+            if record.value is None:
+                await self.agency_removed(record.key)
+                continue
+            try:
+                envelope = decode(AGENCIES, record.key, record.value, record.headers)
+            except PoisonMessage:
+                continue  # the agent dead-letters it with the reason
+            await handle_agency_profile(self.deps, envelope)
+        log.info("directory: caught up with %d record(s) of %s", records, AGENCIES.name)
+        return records
 
     async def ensure_offers_topic(self, agency_id: str) -> None:
         """An agency's offer topic exists before its first offer, so it can subscribe early."""
