@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 from uuid import uuid4
 
 RUN_DIR = Path(".refnet")
@@ -114,7 +115,9 @@ def _directory(args: argparse.Namespace) -> None:
             f"published, {result.unchanged} unchanged, {len(result.removed)} removed"
         )
     else:
-        fmt = args.format or ("json" if args.path.suffix == ".json" else "csv")
+        fmt: Literal["csv", "json"] = args.format or (
+            "json" if args.path.suffix == ".json" else "csv"
+        )
         count = asyncio.run(admin.export_directory(settings, args.path, fmt))
         print(f"wrote {count} organization(s) to {args.path} ({fmt})")
 

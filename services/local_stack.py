@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -91,16 +92,24 @@ class LocalStack:
             prepare(self.infra.database_url, self.infra.kafka_bootstrap_servers, self._partitions)
             self._write_stack_file()
             for name in SERVICES:
-                self.processes[name] = spawn(
-                    [sys.executable, "-m", "services.cli", name],
-                    self.run_dir / "logs" / f"{name}.log",
-                    env=self.service_env(name),
-                )
+                self._spawn(name)
             self._wait_http(self.intake_url, "intake")
             self._wait_http(self.agency_api_url, "notifications")
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, name: str) -> None:
+        self.processes[name] = spawn(
+            [sys.executable, "-m", "services.cli", name],
+            self.run_dir / "logs" / f"{name}.log",
+            env=self.service_env(name),
+        )
+
+    def restart(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop one service (SIGKILL to crash it) and start it again."""
+        stop_process(self.processes[name], sig)
+        self._spawn(name)
 
     def stop(self) -> None:
         for proc in self.processes.values():

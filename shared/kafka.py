@@ -247,17 +247,23 @@ async def read_to_end(bootstrap_servers: str, topic: str) -> AsyncIterator[Consu
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
-        pending = {tp for tp in partitions if ends[tp] > 0}
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            # Tansu answers "latest offset" with the last batch's base offset, not the high
-            # watermark, so records at or past the end are kept: a whole batch arrives.
+        # Tansu answers "latest offset" with its last record batch's base offset, not the
+        # high watermark, so the end is only a lower bound: read on until past it and a
+        # fetch comes back empty.
+        while True:
+            batches = await consumer.getmany(*partitions, timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     yield record
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+            if not batches and all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
+                return
     finally:
         await consumer.stop()
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+    highwater = consumer.highwater(tp)
+    return highwater is not None and await consumer.position(tp) >= max(highwater, end)
 
 
 async def wait_until_ready(what: str, attempt: Callable[[], Awaitable[object]]) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks: they measure and print, never assert. See bench/README.md."""
