@@ -232,9 +232,15 @@ async def consume(
                 log.warning("consumer %s: commit failed: %s", dead_letters.consumer_name, exc)
 
 
-async def read_to_end(bootstrap_servers: str, topic: str) -> AsyncIterator[ConsumerRecord]:
+async def read_to_end(
+    bootstrap_servers: str,
+    topic: str,
+    done: Callable[[], Awaitable[bool]] | None = None,
+) -> AsyncIterator[ConsumerRecord]:
     """Every record of ``topic`` from the beginning up to its end as of now, outside any
-    consumer group: how a service rebuilds its view of a compacted topic."""
+    consumer group: how a service rebuilds its view of a compacted topic. ``done``, if
+    given, must also hold before the read stops: the broker's idea of the end is not
+    always exact (see below)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
     )
@@ -243,7 +249,7 @@ async def read_to_end(bootstrap_servers: str, topic: str) -> AsyncIterator[Consu
         await consumer.topics()  # fetches the cluster's metadata, partitions included
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not partitions:
-            return
+            return  # no topic, nothing to read
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)

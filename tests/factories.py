@@ -26,6 +26,7 @@ def need_submitted(
         "urgency": Urgency.SOON,
         "postal_code": "97214",
         "languages": ("en",),
+        "age_years": 34,  # intake always sends one
         "consent": ConsentScope(
             consent_id=uuid4(),
             categories=frozenset({category}),

@@ -14,6 +14,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 
+from services.matching import repository as repo
 from services.matching.geo import load_centroids
 from services.matching.handlers import (
     AGENCIES_CONSUMER,
@@ -84,9 +85,6 @@ class MatchingApp(faust.App):
         self._relay_producer = make_producer(settings, "matching")
         await wait_until_ready("Kafka producer", self._relay_producer.start)
         self.deps = Deps(pool, self.clock, settings, load_centroids(settings.postal_centroids_path))
-        # Needs are matched against the directory, so its view must be current before the
-        # first need is read: the agents start only after this.
-        await wait_until_ready("directory", lambda: self.catch_up_directory())
         self.dead_letters = DeadLetters(self._relay_producer, "matching")
         relay = OutboxRelay(
             pool,
@@ -96,6 +94,9 @@ class MatchingApp(faust.App):
             settings.outbox_poll_interval_s,
         )
         self._relay_task = asyncio.create_task(relay.run(), name="matching-outbox")
+        # Needs are matched against the directory, so its view must have caught up with
+        # what the directory's owner published before the agents read the first need.
+        await wait_until_ready("directory", lambda: self.catch_up_directory())
 
     async def on_stop(self) -> None:
         if self._relay_task:
@@ -120,7 +121,15 @@ class MatchingApp(faust.App):
             compacted={AGENCIES.name},
         )
         records = 0
-        async for record in read_to_end(settings.kafka_bootstrap_servers, AGENCIES.name):
+        pool = self.deps.pool
+
+        async def view_is_current() -> bool:
+            async with pool.acquire() as conn:
+                return await repo.directory_view_current(conn)
+
+        async for record in read_to_end(
+            settings.kafka_bootstrap_servers, AGENCIES.name, view_is_current
+        ):
             records += 1
             if record.value is None:
                 await self.agency_removed(record.key)

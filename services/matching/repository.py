@@ -104,6 +104,20 @@ async def _rebase_capacity(conn: asyncpg.Connection, facts: list[ServiceFacts]) 
     )
 
 
+async def directory_view_current(conn: asyncpg.Connection) -> bool:
+    """Whether this view holds every profile the directory's owner (in this same schema)
+    has published, and no agency it removed. Trivially true when the directory is
+    published by someone else."""
+    behind: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM directory_published d LEFT JOIN agency_profiles a "
+        "USING (agency_id) WHERE a.revision IS NULL OR a.revision < d.revision) "
+        "OR EXISTS (SELECT 1 FROM agency_profiles a WHERE EXISTS (SELECT 1 FROM "
+        "directory_published) AND NOT EXISTS (SELECT 1 FROM directory_published d "
+        "WHERE d.agency_id = a.agency_id))"
+    )
+    return not behind
+
+
 async def remove_agency(conn: asyncpg.Connection, agency_id: str) -> None:
     await conn.execute("DELETE FROM agency_profiles WHERE agency_id = $1", agency_id)
 

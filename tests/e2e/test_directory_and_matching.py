@@ -82,7 +82,9 @@ async def outcomes(stack: LocalStack, need_ids: set[UUID]) -> dict[UUID, list[An
 
 def a_need(**changes: Any) -> NeedSubmitted:
     changes.setdefault("constraints", Constraints(insurance=Insurance.MEDICAID))
-    return need_submitted(NeedCategory.PEER_SUPPORT, languages=("en",), **changes)
+    changes.setdefault("languages", ("en",))
+    changes.setdefault("age_years", 34)
+    return need_submitted(NeedCategory.PEER_SUPPORT, **changes)
 
 
 async def test_the_directory_exports_as_it_was_imported_and_a_bad_package_is_refused(
