@@ -45,7 +45,7 @@ from services.matching.handlers import Deps, handle_need_submitted, need_view, r
 from services.matching.ranking import NeedView, Ranking, covers, rank
 from services.matching.settings import MatchingSettings
 from shared.clock import ManualClock, SystemClock
-from shared.cloudevents import Headers, decode, encode
+from shared.cloudevents import Envelope, Headers, decode, encode
 from shared.db import create_pool, migrate
 from shared.embedded import spawn, stop_process
 from shared.events import (
@@ -223,6 +223,8 @@ class Built:
     generate_seconds: float = 0.0
     coverage_rows: int = 0
     cell_rows: int = 0
+    reapply_indexed_ms: float = 0.0
+    reapply_ms: float = 0.0
 
 
 async def drop_schema(database_url: str, schema: str) -> None:
@@ -243,6 +245,15 @@ async def fresh_schema(
     return schema, await create_pool(database_url, schema, max_size=4) if pool else None
 
 
+# match_services has no index on agency_id, so apply_profile's "DELETE FROM match_services
+# WHERE agency_id = $1" scans the whole table once per profile and loading a directory takes
+# time quadratic in its size (100,000 services: ~4 minutes instead of ~1.5). The bench builds
+# with this index and drops it before anything is timed; build_directory also times
+# apply_profile on the finished directory with and without it.
+BUILD_INDEX = "CREATE INDEX bench_build_by_agency ON match_services (agency_id)"
+REAPPLY_SAMPLE = 100  # agencies whose (unchanged) profile is applied again, each way
+
+
 async def build_directory(
     pool: asyncpg.Pool, rng: random.Random, region: Region, services: int
 ) -> Built:
@@ -250,6 +261,8 @@ async def build_directory(
     BUILD_CONNECTIONS connections at once (profiles are generated while others apply)."""
     built = Built()
     started = time.perf_counter()
+    async with pool.acquire() as conn:
+        await conn.execute(BUILD_INDEX)
     queue: asyncio.Queue[list[AgencyProfile] | None] = asyncio.Queue(maxsize=BUILD_CONNECTIONS)
 
     async def apply_batches() -> None:
@@ -261,6 +274,7 @@ async def build_directory(
                 built.agencies += len(batch)
 
     workers = [asyncio.create_task(apply_batches()) for _ in range(BUILD_CONNECTIONS)]
+    sample: list[tuple[str, list[ServiceSpec]]] = []
     try:
         batch: list[AgencyProfile] = []
         for agency_id, agency_specs in directory_specs(rng, region, services):
@@ -268,6 +282,8 @@ async def build_directory(
             batch.append(agency_profile(agency_id, *agency_specs, name=f"Agency {agency_id}"))
             built.services += len(agency_specs)
             built.generate_seconds += time.perf_counter() - g0
+            if len(sample) < REAPPLY_SAMPLE:
+                sample.append((agency_id, agency_specs))
             if len(batch) == BUILD_BATCH_AGENCIES:
                 await queue.put(batch)
                 batch = []
@@ -290,14 +306,33 @@ async def build_directory(
                 if rng.random() < 0.3
             ],
         )
+        await conn.execute("ANALYZE")
+        built.seconds = time.perf_counter() - started
+        built.reapply_indexed_ms = await _reapply(conn, sample, revision=2)
+        await conn.execute("DROP INDEX bench_build_by_agency")
         # A loaded directory has statistics (autovacuum would gather them within a minute).
         await conn.execute("ANALYZE")
+        built.reapply_ms = await _reapply(conn, sample, revision=3)
         built.coverage_rows = await conn.fetchval("SELECT count(*) FROM service_coverage")
         built.cell_rows = await conn.fetchval(
             "SELECT count(*) FROM service_coverage WHERE kind = 'cell'"
         )
-    built.seconds = time.perf_counter() - started
     return built
+
+
+async def _reapply(
+    conn: asyncpg.Connection, sample: list[tuple[str, list[ServiceSpec]]], revision: int
+) -> float:
+    """ms per agency to apply the same profile again under a new revision, one transaction."""
+    again = [
+        agency_profile(agency_id, *specs, revision=revision, name=f"Agency {agency_id}")
+        for agency_id, specs in sample
+    ]
+    t0 = time.perf_counter()
+    async with conn.transaction():
+        for profile in again:
+            await repo.apply_profile(conn, profile)
+    return (time.perf_counter() - t0) * 1000 / len(again)
 
 
 def need_rows(rng: random.Random, region: Region, count: int) -> list[dict[str, Any]]:
@@ -567,20 +602,39 @@ def report_part1(results: list[SizeResult]) -> None:
     )
     out(
         f"  needs: {RANK_NEEDS} timed after {RANK_WARMUP} warm-up, random ZIP of the region, "
-        f"random category; one pooled connection, no transaction; ManualClock {BENCH_NOW:%Y-%m-%d %H:%M} UTC"
+        "random category;"
+    )
+    out(
+        "    rank_candidates on one pooled connection per directory, no transaction, "
+        f"ManualClock at {BENCH_NOW:%Y-%m-%d %H:%M} UTC;"
+    )
+    out(
+        f"    the directories take turns, {RANK_CHUNK} needs at a time, so machine drift falls "
+        "on all alike"
     )
     out()
-    out("  build (apply_profile, batched transactions, then ANALYZE):")
     out(
-        f"  {'services':>9} {'agencies':>9} {'ZIPs':>6} {'counties':>8} "
-        f"{'coverage rows':>13} {'(cells)':>8} {'build s':>8} {'(generate s)':>12}"
+        f"  build: apply_profile per agency, {BUILD_BATCH_AGENCIES} per transaction on "
+        f"{BUILD_CONNECTIONS} connections, then ANALYZE; with a temporary index on"
+    )
+    out("    match_services (agency_id), dropped before any timing (see apply_profile below)")
+    out(
+        f"  {'services':>9} {'agencies':>9} {'ZIPs':>6} {'counties':>8} {'coverage rows':>13} "
+        f"{'(cells)':>8} {'build s':>8} {'(generate)':>10} | {'apply_profile ms':>16}"
     )
     for r in results:
         b = r.built
         out(
-            f"  {b.services:>9,} {b.agencies:>9,} {len(r.region.codes):>6,} {r.region.counties:>8,} "
-            f"{b.coverage_rows:>13,} {b.cell_rows:>8,} {b.seconds:>8.1f} {b.generate_seconds:>12.1f}"
+            f"  {b.services:>9,} {b.agencies:>9,} {len(r.region.codes):>6,} "
+            f"{r.region.counties:>8,} {b.coverage_rows:>13,} {b.cell_rows:>8,} "
+            f"{b.seconds:>8.1f} {b.generate_seconds:>10.1f} | "
+            f"{b.reapply_ms:>7.2f} ({b.reapply_indexed_ms:.2f})"
         )
+    out(
+        f"  apply_profile ms: one agency's profile applied again on the finished directory "
+        f"(mean of {REAPPLY_SAMPLE}),"
+    )
+    out("    as the schema ships (in brackets: with the index on match_services (agency_id)).")
     out()
     out("  time per need (ms) and what each need considered:")
     out(
@@ -895,14 +949,17 @@ class HandlerProfile:
     top_statements: list[tuple[str, int, float]]  # (statement, count per need, ms per need)
     relay_ms_per_need: float
     relay_records_per_need: float
-    cprofile: list[str]
+    cprofile_own: list[str]
+    cprofile_cumulative: list[str]
+    parallel_rate: float  # needs/s with PARTITIONS needs in flight on PARTITIONS connections
 
 
 async def profile_handler(
     infra: Infrastructure, records: list[tuple[bytes, bytes, Headers]]
 ) -> HandlerProfile:
     """handle_need_submitted on a fresh matching schema holding the demo directory: timed,
-    then with every statement logged, then under cProfile; then the outbox relay."""
+    then with every statement logged (and the outbox relay), under cProfile, and with
+    PARTITIONS needs in flight at once."""
     schema, _ = await fresh_schema(infra.database_url, "profile", pool=False)
     pool = await create_pool(infra.database_url, schema, max_size=1)
     producer = AIOKafkaProducer(
@@ -918,8 +975,8 @@ async def profile_handler(
         )
         deps = Deps(pool, SystemClock(), settings, load_centroids())
         envelopes = [decode(NEEDS, key, value, headers) for key, value, headers in records]
-        third = len(envelopes) // 3
-        timed, logged, profiled = envelopes[:third], envelopes[third:-third], envelopes[-third:]
+        n = len(envelopes) // 4
+        timed, logged, profiled, parallel = (envelopes[i * n : (i + 1) * n] for i in range(4))
         relay = OutboxRelay(pool, producer, infra.database_url, schema, 1.0)
         for envelope in timed[:30]:
             await handle_need_submitted(deps, envelope)
@@ -957,9 +1014,26 @@ async def profile_handler(
         for envelope in profiled:
             await handle_need_submitted(deps, envelope)
         profiler.disable()
-        text = io.StringIO()
-        stats = pstats.Stats(profiler, stream=text)
-        stats.sort_stats("tottime").print_stats(18)
+        own, cumulative = io.StringIO(), io.StringIO()
+        pstats.Stats(profiler, stream=own).sort_stats("tottime").print_stats(12)
+        pstats.Stats(profiler, stream=cumulative).sort_stats("cumulative").print_stats(
+            r"services/|shared/", 14
+        )
+
+        # What if the partitions' needs were handled side by side, one in flight each?
+        wide = await create_pool(infra.database_url, schema, max_size=PARTITIONS)
+        try:
+            wide_deps = Deps(wide, deps.clock, settings, deps.places)
+
+            async def handle_all(share: list[Envelope]) -> None:
+                for envelope in share:
+                    await handle_need_submitted(wide_deps, envelope)
+
+            p0 = time.perf_counter()
+            await asyncio.gather(*(handle_all(parallel[i::PARTITIONS]) for i in range(PARTITIONS)))
+            parallel_rate = len(parallel) / (time.perf_counter() - p0)
+        finally:
+            await wide.close()
     finally:
         await producer.stop()
         await pool.close()
@@ -977,7 +1051,9 @@ async def profile_handler(
         top_statements=[(q, round(len(v) / n), sum(v) / n) for q, v in top[:14]],
         relay_ms_per_need=relay_ms / n,
         relay_records_per_need=rows / n,
-        cprofile=_cprofile_lines(text.getvalue()),
+        cprofile_own=_cprofile_lines(own.getvalue()),
+        cprofile_cumulative=_cprofile_lines(cumulative.getvalue()),
+        parallel_rate=parallel_rate,
     )
 
 
@@ -1043,7 +1119,7 @@ async def part2(infra: Infrastructure, run_dir: Path) -> Throughput:
     finally:
         stop_process(proc)
     sys.stderr.write("bench: part 2, profiling the need handler in-process...\n")
-    handler = await profile_handler(infra, demo_need_records(rng, 3 * PROFILE_NEEDS))
+    handler = await profile_handler(infra, demo_need_records(rng, 4 * PROFILE_NEEDS))
     return Throughput(
         baseline,
         runs,
@@ -1070,13 +1146,17 @@ def report_part2(t: Throughput) -> None:
     out()
     b = t.baseline
     out("  bare loop: AIOKafkaConsumer in a consumer group (enable_auto_commit=False,")
-    out("    auto_offset_reset=earliest) -> getmany() batch -> for each record, produce its key,")
-    out("    value and headers to an output topic (AIOKafkaProducer acks=all, linger_ms=5) ->")
-    out("    wait for every ack of the batch -> commit the batch's offsets. Timed from the first")
-    out("    record consumed to the last produce acknowledged (input pre-loaded).")
-    out(
-        f"    {b.needs:,} records in {b.seconds:.2f} s ({b.batches} batches): {b.rate:,.0f} needs/s"
-    )
+    out(f"    auto_offset_reset=earliest) -> getmany(max_records={BASELINE_BATCH}) -> for each")
+    out("    record, produce its key, value and headers to an output topic (AIOKafkaProducer")
+    out("    acks=all, linger_ms=5, as matching's producer) -> wait for every ack of the batch")
+    out("    -> commit the batch's offsets. Timed from the first record consumed to the last")
+    out("    produce acknowledged. Input pre-loaded; each run a new consumer group; the median")
+    out("    run counts:")
+    for run in t.baseline_runs:
+        out(
+            f"    {run.needs:,} records in {run.seconds:.3f} s ({run.batches} batches): "
+            f"{run.rate:,.0f} needs/s{'  <- median' if run is b else ''}"
+        )
     out()
     out("  matching: `python -m services.cli matching` (Faust worker) as a child process,")
     out(
@@ -1092,7 +1172,8 @@ def report_part2(t: Throughput) -> None:
             out(f"      {line}")
     else:
         out(
-            f"    up (warm-up of {THROUGHPUT_WARMUP} needs settled) {m.startup_seconds:.1f} s after start"
+            f"    up (warm-up of {THROUGHPUT_WARMUP} needs settled) "
+            f"{m.startup_seconds:.1f} s after start"
         )
         state = "" if m.complete else f" (INCOMPLETE after {MATCHING_RUN_LIMIT_S} s)"
         out(
@@ -1135,8 +1216,16 @@ def report_part2(t: Throughput) -> None:
     out("  statements by time per need:   count  ms/need")
     for query, count, ms in h.top_statements:
         out(f"    {query[:70]:<70} {count:>3} {ms:>7.3f}")
-    out("  cProfile, by own time (calls and seconds over the profiled needs):")
-    for line in h.cprofile:
+    out(
+        f"  {PARTITIONS} needs in flight (one per partition, {PARTITIONS} connections): "
+        f"{h.parallel_rate:,.0f} needs/s vs {1000 / h.mean_ms:,.0f} one at a time"
+    )
+    out(f"  cProfile over {PROFILE_NEEDS} needs, by own time:")
+    for line in h.cprofile_own:
+        out(f"    {line[:150]}")
+    out("  cProfile, services/ and shared/ by cumulative time (CPU while running; an await")
+    out("  ends a call):")
+    for line in h.cprofile_cumulative:
         out(f"    {line[:150]}")
     out()
 

@@ -253,16 +253,16 @@ async def read_to_end(
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
-        # Tansu answers "latest offset" with its last record batch's base offset, not the
-        # high watermark, so the end is only a lower bound: read on until past it and a
-        # fetch comes back empty.
-        while True:
+        # Tansu answers "latest offset", and a fetch's high watermark, with its last record
+        # batch's base offset, so both are only lower bounds there; ``done`` settles it.
+        while not (
+            all([await _caught_up(consumer, tp, ends[tp]) for tp in partitions])
+            and (done is None or await done())
+        ):
             batches = await consumer.getmany(*partitions, timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     yield record
-            if not batches and all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
-                return
     finally:
         await consumer.stop()
 

@@ -151,7 +151,7 @@ async def handle_agency_profile(deps: Deps, envelope: Envelope) -> None:
     assert isinstance(profile, AgencyProfile)
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await repo.apply_profile(conn, profile):
-            log.info("agency %s: revision %d is stale; kept the newer one",
+            log.debug("agency %s: revision %d is stale; kept the newer one",
                      profile.agency_id, profile.revision)  # fmt: skip
 
 
