@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-e2e lint fmt clean
+.PHONY: up test test-unit test-integration test-e2e lint fmt clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
+
+## Measure matching: time per need by directory size, and throughput against a bare Kafka loop.
+bench: $(STAMP)
+	$(BIN)/python -m bench.matching
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -246,10 +246,10 @@ async def fresh_schema(
 
 
 # match_services has no index on agency_id, so apply_profile's "DELETE FROM match_services
-# WHERE agency_id = $1" scans the whole table once per profile and loading a directory takes
-# time quadratic in its size (100,000 services: ~4 minutes instead of ~1.5). The bench builds
-# with this index and drops it before anything is timed; build_directory also times
-# apply_profile on the finished directory with and without it.
+# WHERE agency_id = $1" scans the whole table once per profile, and loading a directory takes
+# time quadratic in its size (100,000 services: ~250 s instead of ~70 s on a 2-core machine).
+# The bench builds with this index and drops it before anything is timed; build_directory
+# also times apply_profile on the finished directory with and without it.
 BUILD_INDEX = "CREATE INDEX bench_build_by_agency ON match_services (agency_id)"
 REAPPLY_SAMPLE = 100  # agencies whose (unchanged) profile is applied again, each way
 
@@ -667,10 +667,14 @@ def report_part1(results: list[SizeResult]) -> None:
             f"(mean {large.mean_ms:.2f} / {small.mean_ms:.2f} ms; target <= {RATIO_TARGET:g}x: "
             f"{'met' if ratio <= RATIO_TARGET else 'NOT met'})"
         )
-        what_if = statistics.fmean(large.in_area_ms) / statistics.fmean(small.in_area_ms)
-        out(f"  the same ratio with the what-if query: {what_if:.2f}x")
         out(
-            "  ms per candidate returned: "
+            "  every size against the smallest: "
+            + ", ".join(f"{r.size:,}: {r.mean_ms / small.mean_ms:.2f}x" for r in results)
+        )
+        what_if = statistics.fmean(large.in_area_ms) / statistics.fmean(small.in_area_ms)
+        out(f"  the same ratio for the what-if query: {what_if:.2f}x")
+        out(
+            "  time per need / candidates returned (ms): "
             + ", ".join(
                 f"{r.mean_ms / max(statistics.fmean(r.candidates), 1e-9):.3f} at {r.size:,}"
                 for r in results
@@ -713,7 +717,7 @@ BASELINE_IN = "bench.baseline.needs"
 BASELINE_OUT = "bench.baseline.out"
 SOURCE = "/refnet/bench"
 BASELINE_BATCH = 200  # records per getmany(), as shared.kafka.consume takes them
-BASELINE_RUNS = 3
+BASELINE_RUNS = 5
 MATCHING_READY_S = 180
 MATCHING_RUN_LIMIT_S = 300
 
@@ -1251,11 +1255,15 @@ def main() -> None:
             out(f"  machine: {os.cpu_count()} CPU(s), {platform.machine()}, {platform.system()}")
             out(f"  python: {platform.python_version()} ({sys.executable})")
             out(f"  postgres: {infra.postgres_source}, broker: {infra.kafka_source} (127.0.0.1)")
+            out(f"  settings: seed {SEED}")
             out(
-                f"  settings: seed {SEED}; part 1 sizes {', '.join(f'{s:,}' for s in SIZES)}, "
-                f"{RANK_NEEDS} needs (+{RANK_WARMUP} warm-up) each; part 2 {THROUGHPUT_NEEDS:,} "
-                f"needs (+{THROUGHPUT_WARMUP} warm-up), {PARTITIONS} partitions; part 2b "
-                f"{PROFILE_NEEDS} needs"
+                f"    part 1: {' / '.join(f'{s:,}' for s in SIZES)} services, {RANK_NEEDS} needs "
+                f"(+{RANK_WARMUP} warm-up) each"
+            )
+            out(
+                f"    part 2: {THROUGHPUT_NEEDS:,} needs (+{THROUGHPUT_WARMUP} warm-up), "
+                f"{PARTITIONS} partitions, bare loop: median of {BASELINE_RUNS} runs; "
+                f"part 2b: {PROFILE_NEEDS} needs per pass"
             )
             out()
             if SIZES:

@@ -45,7 +45,6 @@ async def enqueue(
         [[name, raw.decode()] for name, raw in headers],
         value,
     )
-    await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
     return event_id
 
 
@@ -59,7 +58,6 @@ async def enqueue_tombstone(conn: asyncpg.Connection, spec: TopicSpec, key: str)
         spec.name,
         key,
     )
-    await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
 
 
 async def backlog(conn: asyncpg.Connection) -> int:

@@ -24,7 +24,7 @@ import asyncpg
 
 from services.matching import repository as repo
 from services.matching.directory import owner as directory
-from services.matching.geo import PostalArea, cell_of
+from services.matching.geo import PostalArea
 from services.matching.ranking import Candidate, NeedView, Ranking, rank
 from services.matching.settings import MatchingSettings
 from shared import outbox
@@ -325,9 +325,8 @@ async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any])
 
 async def rank_candidates(conn: asyncpg.Connection, deps: Deps, need: NeedView) -> Ranking:
     """Candidate selection (index lookups by area) and ranking; what the benchmark times."""
-    cell = cell_of(need.point) if need.point else None
     services = await repo.candidate_services(
-        conn, need.category, need.postal_code, need.county, cell
+        conn, need.category, need.postal_code, need.county, need.point
     )
     stats = await repo.agency_stats(conn, sorted({s.agency_id for s in services}))
     return rank(need, services, stats, deps.clock.now(), deps.settings.zone)

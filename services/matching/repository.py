@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.matching.geo import cells_within
+from services.matching.geo import Point, cell_of, cells_within
 from services.matching.profiles import ServiceFacts, service_facts
 from services.matching.ranking import (
     PRIOR_ACCEPTANCE_RATE,
@@ -134,11 +134,12 @@ async def candidate_services(
     category: NeedCategory,
     postal_code: str,
     county: str | None,
-    cell: str | None,
+    point: Point | None,
 ) -> list[ServiceView]:
-    """Services of the category whose area may reach the person: by ZIP, county or grid
-    cell, each an index lookup, so the cost follows the area's services, not the
-    directory's size."""
+    """Services of the category whose area reaches the person: found by ZIP, county or
+    grid cell, each an index lookup, so the cost follows the services near the person, not
+    the directory's size; a cell's radius services then by their distance."""
+    lat, lon = point or (0.0, 0.0)
     rows = await conn.fetch(
         "SELECT s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
         "coalesce(c.consumed, 0) AS consumed "
@@ -146,13 +147,28 @@ async def candidate_services(
         "LEFT JOIN capacity_counters c USING (service_id) "
         "WHERE s.service_id IN (SELECT service_id FROM service_coverage WHERE category = $1 "
         "AND ((kind = 'postal_code' AND area = $2) OR (kind = 'county' AND area = $3) "
-        "OR (kind = 'cell' AND area = $4)))",
+        "OR (kind = 'cell' AND area = $4))) "
+        "AND ($2 = ANY(s.postal_codes) OR $3 = ANY(s.counties) OR ($7 AND EXISTS ("
+        "SELECT 1 FROM jsonb_array_elements(s.locations) AS l(xy) WHERE "
+        + _HAVERSINE_KM
+        + " <= s.radius_km)))",
         category.value,
         postal_code,
         (county or "").lower(),
-        cell or "",
+        cell_of(point) if point else "",
+        lat,
+        lon,
+        point is not None,
     )
     return [_service_view(r) for r in rows]
+
+
+# Kilometres from ($5, $6) to the location xy = [latitude, longitude] (geo.haversine_km).
+_HAVERSINE_KM = (
+    "2 * 6371 * asin(sqrt(power(sin(radians((xy ->> 0)::float8 - $5) / 2), 2) "
+    "+ cos(radians($5)) * cos(radians((xy ->> 0)::float8)) "
+    "* power(sin(radians((xy ->> 1)::float8 - $6) / 2), 2)))"
+)
 
 
 def _service_view(r: asyncpg.Record) -> ServiceView:

@@ -60,6 +60,8 @@ CREATE TABLE match_services (
     locations       jsonb   NOT NULL,  -- [[latitude, longitude], ...]
     schedule        jsonb   NOT NULL   -- [[weekdays, opens_at, closes_at], ...]
 );
+-- A new profile replaces its agency's services.
+CREATE INDEX match_services_by_agency ON match_services (agency_id);
 
 -- Where each service works, so a need finds its candidates by index lookups, not a scan.
 -- A radius is stored as the grid cells (see services/matching/geo.py) its circle touches.
