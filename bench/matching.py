@@ -40,9 +40,9 @@ from services.local_stack import prepare
 from services.matching import repository as repo
 from services.matching.directory.admin import DEMO_PACKAGE
 from services.matching.directory.package import profiles, read_package
-from services.matching.geo import PostalArea, cell_of, load_centroids
+from services.matching.geo import PostalArea, load_centroids
 from services.matching.handlers import Deps, handle_need_submitted, need_view, rank_candidates
-from services.matching.ranking import NeedView, Ranking, covers, rank
+from services.matching.ranking import covers, rank
 from services.matching.settings import MatchingSettings
 from shared.clock import ManualClock, SystemClock
 from shared.cloudevents import Envelope, Headers, decode, encode
@@ -376,7 +376,6 @@ class SizeResult:
     candidates: list[int] = field(default_factory=list)
     in_area: list[int] = field(default_factory=list)
     eligible: list[int] = field(default_factory=list)
-    in_area_ms: list[float] = field(default_factory=list)
     query_ms: list[float] = field(default_factory=list)
     stats_ms: list[float] = field(default_factory=list)
     rank_ms: list[float] = field(default_factory=list)
@@ -400,42 +399,6 @@ class _RecordingConnection:
         return await self.conn.fetch(query, *args)
 
 
-# candidate_services' query (services/matching/repository.py) plus one condition: the
-# service's area reaches the need (its ZIP, its county, or within the radius of a location,
-# haversine as in geo.py). Only for the what-if line of the report; services/ is unchanged.
-IN_AREA_QUERY = (
-    "SELECT s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
-    "coalesce(c.consumed, 0) AS consumed "
-    "FROM match_services s JOIN agency_profiles p USING (agency_id) "
-    "LEFT JOIN capacity_counters c USING (service_id) "
-    "WHERE s.service_id IN (SELECT service_id FROM service_coverage WHERE category = $1 "
-    "AND ((kind = 'postal_code' AND area = $2) OR (kind = 'county' AND area = $3) "
-    "OR (kind = 'cell' AND area = $4))) "
-    "AND ($2 = ANY(s.postal_codes) OR $3 = ANY(s.counties) OR EXISTS ("
-    "SELECT 1 FROM jsonb_array_elements(s.locations) AS l(p) WHERE 2 * 6371 * asin(sqrt("
-    "power(sin(radians((p ->> 0)::float8 - $5) / 2), 2) + cos(radians($5)) "
-    "* cos(radians((p ->> 0)::float8)) * power(sin(radians((p ->> 1)::float8 - $6) / 2), 2)"
-    ")) <= s.radius_km))"
-)
-
-
-async def rank_in_area(conn: asyncpg.Connection, deps: Deps, need: NeedView) -> Ranking:
-    """rank_candidates with IN_AREA_QUERY in place of candidate_services' query."""
-    point = need.point or (0.0, 0.0)
-    rows = await conn.fetch(
-        IN_AREA_QUERY,
-        need.category.value,
-        need.postal_code,
-        (need.county or "").lower(),
-        cell_of(need.point) if need.point else "",
-        point[0],
-        point[1],
-    )
-    services = [repo._service_view(r) for r in rows]
-    stats = await repo.agency_stats(conn, sorted({s.agency_id for s in services}))
-    return rank(need, services, stats, deps.clock.now(), deps.settings.zone)
-
-
 CUSTOM = "custom plan (planned for these parameters)"
 GENERIC = "generic plan (what a cached prepared statement may switch to)"
 
@@ -451,13 +414,12 @@ async def explain_candidates(
     execution gets (custom) and the one a cached prepared statement may switch to (generic)."""
     need = need_view(deps, ref)
     recorder = _RecordingConnection(conn)
-    cell = cell_of(need.point) if need.point else None
     await repo.candidate_services(
         recorder,  # type: ignore[arg-type]
         need.category,
         need.postal_code,
         need.county,
-        cell,
+        need.point,
     )
     query, args = recorder.calls[0]
     plans: dict[str, list[str]] = {}
@@ -515,8 +477,8 @@ async def build_size(infra: Infrastructure, size: int) -> Directory:
 
 
 async def time_chunk(conn: asyncpg.Connection, d: Directory, needs: list[dict[str, Any]]) -> None:
-    """Three passes over the same needs: rank_candidates as is (the headline figure); its
-    steps timed apart; and the what-if query."""
+    """Two passes over the same needs: rank_candidates as is (the headline figure); its
+    steps timed apart."""
     deps, result = d.deps, d.result
     for ref in needs:
         need = need_view(deps, ref)
@@ -525,10 +487,9 @@ async def time_chunk(conn: asyncpg.Connection, d: Directory, needs: list[dict[st
         result.times_ms.append((time.perf_counter() - t0) * 1000)
     for ref in needs:
         need = need_view(deps, ref)
-        cell = cell_of(need.point) if need.point else None
         t0 = time.perf_counter()
         services = await repo.candidate_services(
-            conn, need.category, need.postal_code, need.county, cell
+            conn, need.category, need.postal_code, need.county, need.point
         )
         t1 = time.perf_counter()
         stats = await repo.agency_stats(conn, sorted({s.agency_id for s in services}))
@@ -541,11 +502,6 @@ async def time_chunk(conn: asyncpg.Connection, d: Directory, needs: list[dict[st
         result.candidates.append(len(services))
         result.in_area.append(sum(1 for sv in services if covers(need, sv) is not None))
         result.eligible.append(len(ranking.candidates))
-    for ref in needs:
-        need = need_view(deps, ref)
-        t0 = time.perf_counter()
-        await rank_in_area(conn, deps, need)
-        result.in_area_ms.append((time.perf_counter() - t0) * 1000)
 
 
 async def part1(infra: Infrastructure) -> list[SizeResult]:
@@ -640,7 +596,7 @@ def report_part1(results: list[SizeResult]) -> None:
     out(
         f"  {'services':>9} {'mean':>6} {'p50':>6} {'p95':>6} {'max':>6} | "
         f"{'candidates':>10} {'in area':>7} {'ranked':>6} | {'query':>5} {'stats':>5} "
-        f"{'rank':>5} | {'what-if':>7}"
+        f"{'rank':>5}"
     )
     for r in results:
         out(
@@ -649,14 +605,12 @@ def report_part1(results: list[SizeResult]) -> None:
             f"{statistics.fmean(r.candidates):>10.1f} {statistics.fmean(r.in_area):>7.1f} "
             f"{statistics.fmean(r.eligible):>6.1f} | "
             f"{statistics.fmean(r.query_ms):>5.2f} {statistics.fmean(r.stats_ms):>5.2f} "
-            f"{statistics.fmean(r.rank_ms):>5.2f} | {statistics.fmean(r.in_area_ms):>7.2f}"
+            f"{statistics.fmean(r.rank_ms):>5.2f}"
         )
     out("  candidates: services candidate_services returned (mean per need); in area: those")
     out("    whose ZIP, county or radius actually reaches the need (ranking.covers); ranked:")
     out("    agencies left after eligibility. query / stats / rank: candidate_services,")
     out("    agency_stats and rank() timed apart in a second pass over the same needs.")
-    out("    what-if: mean ms per need if the candidate query also required the area to reach")
-    out("    the need (IN_AREA_QUERY in this file, a third pass; services/ is unchanged).")
     out()
     small = min(results, key=lambda r: r.size)
     large = max(results, key=lambda r: r.size)
@@ -671,8 +625,6 @@ def report_part1(results: list[SizeResult]) -> None:
             "  every size against the smallest: "
             + ", ".join(f"{r.size:,}: {r.mean_ms / small.mean_ms:.2f}x" for r in results)
         )
-        what_if = statistics.fmean(large.in_area_ms) / statistics.fmean(small.in_area_ms)
-        out(f"  the same ratio for the what-if query: {what_if:.2f}x")
         out(
             "  time per need / candidates returned (ms): "
             + ", ".join(
