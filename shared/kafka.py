@@ -242,7 +242,10 @@ async def read_to_end(
     given, must also hold before the read stops: the broker's idea of the end is not
     always exact (see below)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
@@ -251,8 +254,9 @@ async def read_to_end(
         if not partitions:
             return  # no topic, nothing to read
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
+        # Seek first: asked for the end offsets before, aiokafka may start from the end.
         await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
         # Tansu answers "latest offset", and a fetch's high watermark, with its last record
         # batch's base offset, so both are only lower bounds there; ``done`` settles it.
         while not (
