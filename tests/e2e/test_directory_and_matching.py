@@ -133,6 +133,8 @@ async def test_an_imported_agency_reaches_matching_through_the_topic_and_leaves_
 
     out = refnet_cli(stack, "directory", "import", str(package))
     assert "1 agency profile(s) published" in out
+    # The directory reaches matching through the topic, a moment after the import.
+    await eventually(lambda: _matching_knows(stack, "ag-e2e-somali", True), "the new agency")
     first = a_need(languages=("so",))
     await send_needs(stack, [first])
     offered = await eventually(
@@ -148,15 +150,27 @@ async def test_an_imported_agency_reaches_matching_through_the_topic_and_leaves_
         if r.key == b"ag-e2e-somali" and r.value is None
     ]
     assert tombstones
+    await eventually(lambda: _matching_knows(stack, "ag-e2e-somali", False), "agency removed")
     second = a_need(languages=("so",))
     await send_needs(stack, [second])
     unmatched = await eventually(
         lambda: _status_of(stack, second.need_id, ReferralStatus.UNMATCHED), "unmatched"
     )
-    assert (
-        unmatched.reason
-        == "no agency in the directory offers Peer support group in ZIP 97214 or Multnomah County"
-    )
+    assert unmatched.reason == "no eligible agency left"
+    assert unmatched.excluded, "each agency considered is listed with why"
+    assert all(e.reason == "offers no service in so" for e in unmatched.excluded)
+    assert "ag-e2e-somali" not in {e.agency_id for e in unmatched.excluded}
+
+
+async def _matching_knows(stack: LocalStack, agency_id: str, present: bool) -> bool:
+    conn = await matching_db(stack)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM match_services WHERE agency_id = $1", agency_id
+        )
+    finally:
+        await conn.close()
+    return (found > 0) == present
 
 
 def _add_somali_peer_group(package: Path) -> None:
