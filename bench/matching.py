@@ -223,7 +223,6 @@ class Built:
     generate_seconds: float = 0.0
     coverage_rows: int = 0
     cell_rows: int = 0
-    reapply_indexed_ms: float = 0.0
     reapply_ms: float = 0.0
 
 
@@ -245,12 +244,6 @@ async def fresh_schema(
     return schema, await create_pool(database_url, schema, max_size=4) if pool else None
 
 
-# match_services has no index on agency_id, so apply_profile's "DELETE FROM match_services
-# WHERE agency_id = $1" scans the whole table once per profile, and loading a directory takes
-# time quadratic in its size (100,000 services: ~250 s instead of ~70 s on a 2-core machine).
-# The bench builds with this index and drops it before anything is timed; build_directory
-# also times apply_profile on the finished directory with and without it.
-BUILD_INDEX = "CREATE INDEX bench_build_by_agency ON match_services (agency_id)"
 REAPPLY_SAMPLE = 100  # agencies whose (unchanged) profile is applied again, each way
 
 
@@ -261,8 +254,6 @@ async def build_directory(
     BUILD_CONNECTIONS connections at once (profiles are generated while others apply)."""
     built = Built()
     started = time.perf_counter()
-    async with pool.acquire() as conn:
-        await conn.execute(BUILD_INDEX)
     queue: asyncio.Queue[list[AgencyProfile] | None] = asyncio.Queue(maxsize=BUILD_CONNECTIONS)
 
     async def apply_batches() -> None:
@@ -308,11 +299,7 @@ async def build_directory(
         )
         await conn.execute("ANALYZE")
         built.seconds = time.perf_counter() - started
-        built.reapply_indexed_ms = await _reapply(conn, sample, revision=2)
-        await conn.execute("DROP INDEX bench_build_by_agency")
-        # A loaded directory has statistics (autovacuum would gather them within a minute).
-        await conn.execute("ANALYZE")
-        built.reapply_ms = await _reapply(conn, sample, revision=3)
+        built.reapply_ms = await _reapply(conn, sample, revision=2)
         built.coverage_rows = await conn.fetchval("SELECT count(*) FROM service_coverage")
         built.cell_rows = await conn.fetchval(
             "SELECT count(*) FROM service_coverage WHERE kind = 'cell'"
@@ -571,9 +558,8 @@ def report_part1(results: list[SizeResult]) -> None:
     out()
     out(
         f"  build: apply_profile per agency, {BUILD_BATCH_AGENCIES} per transaction on "
-        f"{BUILD_CONNECTIONS} connections, then ANALYZE; with a temporary index on"
+        f"{BUILD_CONNECTIONS} connections, then ANALYZE"
     )
-    out("    match_services (agency_id), dropped before any timing (see apply_profile below)")
     out(
         f"  {'services':>9} {'agencies':>9} {'ZIPs':>6} {'counties':>8} {'coverage rows':>13} "
         f"{'(cells)':>8} {'build s':>8} {'(generate)':>10} | {'apply_profile ms':>16}"
@@ -584,13 +570,12 @@ def report_part1(results: list[SizeResult]) -> None:
             f"  {b.services:>9,} {b.agencies:>9,} {len(r.region.codes):>6,} "
             f"{r.region.counties:>8,} {b.coverage_rows:>13,} {b.cell_rows:>8,} "
             f"{b.seconds:>8.1f} {b.generate_seconds:>10.1f} | "
-            f"{b.reapply_ms:>7.2f} ({b.reapply_indexed_ms:.2f})"
+            f"{b.reapply_ms:>16.2f}"
         )
     out(
         f"  apply_profile ms: one agency's profile applied again on the finished directory "
-        f"(mean of {REAPPLY_SAMPLE}),"
+        f"(mean of {REAPPLY_SAMPLE})."
     )
-    out("    as the schema ships (in brackets: with the index on match_services (agency_id)).")
     out()
     out("  time per need (ms) and what each need considered:")
     out(

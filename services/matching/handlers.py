@@ -288,16 +288,6 @@ async def _close_offer(
         )
 
 
-async def _refuse(conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str) -> None:
-    refused = AcceptanceRefused(
-        offer_id=offer["offer_id"],
-        need_id=offer["need_id"],
-        agency_id=offer["agency_id"],
-        reason=reason,
-    )
-    await _enqueue(conn, deps, agency_offers(offer["agency_id"]), refused)
-
-
 # --- choosing agencies -------------------------------------------------------------------
 
 
@@ -426,13 +416,23 @@ async def _cancel(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], rea
 async def _withdraw(
     conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str
 ) -> None:
-    withdrawn = OfferWithdrawn(
-        offer_id=offer["offer_id"],
-        need_id=offer["need_id"],
-        agency_id=offer["agency_id"],
-        reason=reason,
-    )
-    await _enqueue(conn, deps, agency_offers(offer["agency_id"]), withdrawn)
+    await _tell_agency(conn, deps, offer, OfferWithdrawn, reason)
+
+
+async def _refuse(conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str) -> None:
+    await _tell_agency(conn, deps, offer, AcceptanceRefused, reason)
+
+
+async def _tell_agency(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    offer: dict[str, Any],
+    kind: type[OfferWithdrawn | AcceptanceRefused],
+    reason: str,
+) -> None:
+    """An event about one offer, with the reason, on the agency's own topic."""
+    ids = {name: offer[name] for name in ("offer_id", "need_id", "agency_id")}
+    await _enqueue(conn, deps, agency_offers(offer["agency_id"]), kind(**ids, reason=reason))
 
 
 async def _emit_status(

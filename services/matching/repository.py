@@ -122,13 +122,6 @@ async def remove_agency(conn: asyncpg.Connection, agency_id: str) -> None:
     await conn.execute("DELETE FROM agency_profiles WHERE agency_id = $1", agency_id)
 
 
-async def agency_profile(conn: asyncpg.Connection, agency_id: str) -> AgencyProfile | None:
-    data = await conn.fetchval(
-        "SELECT profile FROM agency_profiles WHERE agency_id = $1", agency_id
-    )
-    return AgencyProfile.model_validate(data) if data is not None else None
-
-
 async def candidate_services(
     conn: asyncpg.Connection,
     category: NeedCategory,
@@ -204,13 +197,6 @@ async def agency_name(conn: asyncpg.Connection, agency_id: str | None) -> str | 
         return None
     name = await conn.fetchval("SELECT name FROM agency_profiles WHERE agency_id = $1", agency_id)
     return str(name) if name is not None else None
-
-
-async def service_agency(conn: asyncpg.Connection, service_id: str) -> str | None:
-    agency: str | None = await conn.fetchval(
-        "SELECT agency_id FROM match_services WHERE service_id = $1", service_id
-    )
-    return agency
 
 
 # --- capacity: an open offer holds a place, an acceptance takes it ----------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from services.matching.directory.admin import DEMO_PACKAGE
 from services.matching.directory.package import (
     DirectoryPackage,
     PackageInvalid,
@@ -37,7 +38,7 @@ from shared.hsds import (
     Unit,
 )
 
-DEMO_DIRECTORY = Path(__file__).parents[2] / "services" / "matching" / "directory" / "demo"
+DEMO_DIRECTORY = DEMO_PACKAGE
 INTEGER_ERROR = "Input should be a valid integer, unable to parse string as an integer"
 
 

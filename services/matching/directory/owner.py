@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -69,13 +68,41 @@ async def export_package(conn: asyncpg.Connection) -> DirectoryPackage:
     records = await conn.fetch(
         "SELECT table_name, data FROM directory_rows ORDER BY table_name, position"
     )
+    return _package(records, metadata or {})
+
+
+async def _agency_slice(conn: asyncpg.Connection, agency_id: str) -> DirectoryPackage:
+    """Only the rows one agency's profile is cut from (its organization, services and
+    their locations, and the shared terms and units), not the whole directory."""
+    records = await conn.fetch(
+        "WITH services AS (SELECT row_id FROM directory_rows WHERE table_name = 'service' "
+        "AND data ->> 'organization_id' = $1), "
+        "locations AS (SELECT data ->> 'location_id' AS row_id FROM directory_rows "
+        "WHERE table_name = 'service_at_location' "
+        "AND data ->> 'service_id' IN (SELECT row_id FROM services)) "
+        "SELECT table_name, data FROM directory_rows WHERE "
+        "(table_name = 'organization' AND row_id = $1) "
+        "OR table_name IN ('taxonomy_term', 'unit') "
+        "OR data ->> 'organization_id' = $1 "
+        "OR data ->> 'service_id' IN (SELECT row_id FROM services) "
+        "OR (table_name = 'location' AND row_id IN (SELECT row_id FROM locations)) "
+        "OR (table_name = 'attribute' AND (data ->> 'link_id' = $1 "
+        "OR data ->> 'link_id' IN (SELECT row_id FROM services) "
+        "OR data ->> 'link_id' IN (SELECT row_id FROM locations))) "
+        "ORDER BY table_name, position",
+        agency_id,
+    )
+    return _package(records, {})
+
+
+def _package(records: list[asyncpg.Record], metadata: dict[str, Any]) -> DirectoryPackage:
     rows: dict[str, list[Row]] = {model.table: [] for model in TABLES}
     for record in records:
         model = _MODELS.get(record["table_name"])
         if model is not None:
             rows[model.table].append(model.model_validate(record["data"]))
     return DirectoryPackage(
-        rows={table: tuple(found) for table, found in rows.items()}, metadata=metadata or {}
+        rows={table: tuple(found) for table, found in rows.items()}, metadata=metadata
     )
 
 
@@ -99,8 +126,7 @@ async def update_capacity(
     term_id = await _ensure_status_term(conn)
     await _put(conn, await _status_attribute(conn, update, term_id))
     revision = await _next_revision(conn, None)
-    package = await export_package(conn)
-    profile = next(p for p in profiles(package, revision) if p.agency_id == update.agency_id)
+    (profile,) = profiles(await _agency_slice(conn, update.agency_id), revision)
     await _publish(conn, [profile], revision, clock, removals=False)
     return profile
 
@@ -191,13 +217,9 @@ def _capacity_row(current: ServiceCapacity | None, update: CapacityUpdated) -> S
         update={
             "available": available,
             "maximum": update.maximum if update.maximum is not None else base.maximum,
-            "updated": _as_of(update.updated_at),
+            "updated": update.updated_at.replace(microsecond=0),
         }
     )
-
-
-def _as_of(at: datetime) -> datetime:
-    return at.replace(microsecond=0)
 
 
 async def _status_attribute(
