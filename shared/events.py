@@ -9,7 +9,7 @@ of birth, free text): only the opaque ``person_ref`` and coarse, decision-releva
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, time
 from enum import StrEnum
 from typing import ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -133,6 +133,28 @@ class Constraints(BaseModel):
     insurance: Insurance = Insurance.NONE
 
 
+class ContactChannel(StrEnum):
+    """How the person agreed to be contacted by refnet and the agency that takes them on."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    PHONE = "phone"  # a person calls them: refnet sends nothing itself, the worker is prompted
+    NONE = "none"
+
+
+class ContactPreferences(BaseModel):
+    """The person's choice of channel and hours, never the address itself: notifications asks
+    intake for that, audited, only when it is about to send."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    channel: ContactChannel
+    # Local wall-clock times (the network's time zone); both or neither. A window that ends
+    # before it starts runs over midnight.
+    window_from: time | None = None
+    window_until: time | None = None
+
+
 class ConsentRecipients(StrEnum):
     NETWORK = "network"  # every network agency offering the consented categories
     NAMED = "named"  # only the agencies in named_agencies
@@ -184,6 +206,8 @@ class NeedSubmitted(Event):
     consent: ConsentScope
     referrer: Referrer
     submitted_at: AwareDatetime
+    # Absent from needs submitted before contact preferences travelled: treated as no contact.
+    contact: ContactPreferences | None = None
 
 
 class MatchFactor(BaseModel):
@@ -264,6 +288,60 @@ class OfferExpired(Event):
     need_id: UUID
     agency_id: str
     expired_at: AwareDatetime
+
+
+class Outcome(StrEnum):
+    """What came of an accepted referral, as the agency reports it: the closed loop."""
+
+    GOT_HELP = "got-help"
+    COULDNT_CONTACT = "couldnt-contact"
+    NOT_ELIGIBLE = "not-eligible"
+    NO_LONGER_INTERESTED = "no-longer-interested"
+    REFERRED_ELSEWHERE = "referred-elsewhere"
+
+    @property
+    def label(self) -> str:
+        return OUTCOME_LABELS[self]
+
+
+OUTCOME_LABELS: dict[Outcome, str] = {
+    Outcome.GOT_HELP: "Got help",
+    Outcome.COULDNT_CONTACT: "Couldn't contact the person",
+    Outcome.NOT_ELIGIBLE: "Not eligible after all",
+    Outcome.NO_LONGER_INTERESTED: "No longer interested",
+    Outcome.REFERRED_ELSEWHERE: "Referred elsewhere",
+}
+
+
+class OutcomeReported(Event):
+    """The accepting agency's word on how the referral ended: got-help completes it, any
+    other outcome fails it with that reason."""
+
+    ce_type: ClassVar[str] = "org.refnet.offer.outcome-reported"
+
+    offer_id: UUID
+    need_id: UUID
+    agency_id: str
+    outcome: Outcome
+    reported_at: AwareDatetime
+
+
+class CheckInAnswer(StrEnum):
+    CONNECTED = "connected"
+    NEED_HELP = "need-help"
+    STOP = "stop"
+
+
+class CheckInAnswered(Event):
+    """The person answered an aftercare check-in. need-help asks the intake worker to step
+    in again; stop ends the reminders for this need."""
+
+    ce_type: ClassVar[str] = "org.refnet.aftercare.check-in-answered"
+
+    need_id: UUID
+    day: int
+    answer: CheckInAnswer
+    answered_at: AwareDatetime
 
 
 class ExcludedAgency(BaseModel):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from shared.events import (
     AcceptanceRefused,
     CapacityUpdated,
+    CheckInAnswered,
     ConsentRevoked,
     Event,
     NeedSubmitted,
@@ -18,6 +19,7 @@ from shared.events import (
     OfferDeclined,
     OfferExpired,
     OfferWithdrawn,
+    OutcomeReported,
     ReferralOffered,
     ReferralStatusChanged,
 )
@@ -48,7 +50,9 @@ class TopicSpec:
 
 NEEDS = TopicSpec("refnet.needs.v1", "need_id", (NeedSubmitted,))
 OFFER_RESPONSES = TopicSpec(
-    "refnet.offer-responses.v1", "need_id", (OfferAccepted, OfferDeclined, OfferExpired)
+    "refnet.offer-responses.v1",
+    "need_id",
+    (OfferAccepted, OfferDeclined, OfferExpired, OutcomeReported),
 )
 REFERRAL_EVENTS = TopicSpec("refnet.referral-events.v1", "need_id", (ReferralStatusChanged,))
 
@@ -56,6 +60,9 @@ CONSENT_EVENTS = TopicSpec("refnet.consent-events.v1", "person_ref", (ConsentRev
 AGENCIES = TopicSpec("refnet.agencies.v1", "agency_id", (AgencyProfile,), compacted=True)
 # Agencies' own capacity reports (Kafka), and those made through the agency HTTP API.
 CAPACITY_UPDATES = TopicSpec("refnet.capacity-updates.v1", "agency_id", (CapacityUpdated,))
+
+# Aftercare check-in answers, from notifications to intake (the worker's tracker).
+AFTERCARE = TopicSpec("refnet.aftercare.v1", "need_id", (CheckInAnswered,))
 
 # Topics whose partitions must line up: one matching worker sees everything about a need.
 CO_PARTITIONED: tuple[TopicSpec, ...] = (NEEDS, OFFER_RESPONSES, REFERRAL_EVENTS)
@@ -65,6 +72,7 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
     CONSENT_EVENTS,
     AGENCIES,
     CAPACITY_UPDATES,
+    AFTERCARE,
 )
 
 
