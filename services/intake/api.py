@@ -24,7 +24,7 @@ from services.intake.handlers import (
 )
 from services.intake.models import IntakeRequest, check_dates
 from services.intake.tracker import need_view
-from shared.events import NeedCategory, ReferralStatus, Urgency
+from shared.events import CheckInAnswer, NeedCategory, ReferralStatus, Urgency
 
 router = APIRouter(prefix="/api/v1", tags=["intakes"])
 
@@ -77,6 +77,12 @@ class NeedStatus(BaseModel):
     respond_by: datetime | None
     reason: str | None = Field(description="Why the need is declined, unmatched or cancelled.")
     stuck: list[str] = Field(description="Why a worker should look at this need now.")
+    check_in_answer: CheckInAnswer | None = Field(
+        default=None, description="The person's latest answer to an aftercare check-in."
+    )
+    check_in_day: int | None = Field(
+        default=None, description="Days after acceptance of the check-in they answered."
+    )
 
 
 class ConsentStatus(BaseModel):
@@ -219,6 +225,8 @@ def _need_status(row: Any, now: datetime) -> NeedStatus:
         respond_by=row["respond_by"],
         reason=row["status_reason"],
         stuck=list(view.stuck),
+        check_in_answer=CheckInAnswer(view.check_in_answer) if view.check_in_answer else None,
+        check_in_day=view.check_in_day,
     )
 
 

@@ -1,5 +1,6 @@
 """The intake service's FastAPI app: builds its clients in the lifespan, then serves the
-worker-facing pages while relaying its outbox and following referral status events."""
+worker-facing pages while relaying its outbox and following referral status events and
+aftercare check-in answers."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from services.intake import api, routes
+from services.intake import api, internal_api, routes
 from services.intake import repository as repo
-from services.intake.handlers import STATUS_CONSUMER, Crypto, record_referral_status
+from services.intake.handlers import STATUS_CONSUMER, Crypto, on_event
 from services.intake.security import PersonIndex, PiiCipher, hash_password
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
@@ -31,7 +32,7 @@ from shared.kafka import (
     wait_until_ready,
 )
 from shared.outbox import OutboxRelay
-from shared.topics import REFERRAL_EVENTS
+from shared.topics import AFTERCARE, REFERRAL_EVENTS
 
 log = logging.getLogger(__name__)
 SCHEMA = "intake"
@@ -52,7 +53,10 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
         assert pool is not None
         producer = make_producer(settings, "intake")
         await wait_until_ready("Kafka producer", producer.start)
-        consumer = make_consumer(settings, STATUS_CONSUMER, REFERRAL_EVENTS.name)
+        # One group for both topics: the group id predates aftercare, and renaming it would
+        # replay every referral event.
+        followed = [REFERRAL_EVENTS, AFTERCARE]
+        consumer = make_consumer(settings, STATUS_CONSUMER, *(t.name for t in followed))
         await wait_until_ready("Kafka consumer", consumer.start)
         if settings.is_local and settings.demo_worker_password:
             await _ensure_demo_worker(pool, settings)
@@ -65,12 +69,12 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
             asyncio.create_task(
                 consume(
                     consumer,
-                    [REFERRAL_EVENTS],
-                    lambda env: record_referral_status(pool, env),
+                    followed,
+                    lambda env: on_event(pool, env),
                     DeadLetters(producer, STATUS_CONSUMER),
                     max_attempts=settings.consumer_max_attempts,
                 ),
-                name="intake-status-consumer",
+                name="intake-event-consumer",
             ),
         ]
         try:
@@ -108,6 +112,7 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=static), name="static")
     app.include_router(routes.router)
     app.include_router(api.router)
+    app.include_router(internal_api.router)
     app.add_exception_handler(RequestValidationError, api.validation_error)
     return app
 

@@ -21,10 +21,13 @@ from services.intake.models import (
 from services.intake.security import PersonIndex, PiiCipher
 from shared import outbox
 from shared.clock import Clock
-from shared.cloudevents import Envelope
+from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
+    CheckInAnswered,
     ConsentRevoked,
     ConsentScope,
+    ContactChannel,
+    ContactPreferences,
     NeedSubmitted,
     ReferralStatusChanged,
     Referrer,
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "/refnet/intake"
 STATUS_CONSUMER = "intake.referral-status"
+CHECK_IN_CONSUMER = "intake.check-ins"
 DISCLOSER = "refnet referral network (intake service)"
 ACCOUNTING_YEARS = 3
 # The short notice 42 CFR 2.32(a)(2) allows with every disclosure.
@@ -267,6 +271,11 @@ async def _write_intake(
             consent=scope,
             referrer=referrer,
             submitted_at=now,
+            contact=ContactPreferences(
+                channel=person.preferred_channel,
+                window_from=person.contact_from,
+                window_until=person.contact_until,
+            ),
         )
         # The rule the brief puts first: nothing is published without a consent covering it.
         if not scope.covers(need.category, now.date()):
@@ -305,6 +314,16 @@ async def revoke_consent(
     return True
 
 
+async def on_event(pool: asyncpg.Pool, envelope: Envelope) -> None:
+    """The one handler of intake's consumer, which follows several topics."""
+    if isinstance(envelope.event, ReferralStatusChanged):
+        await record_referral_status(pool, envelope)
+    elif isinstance(envelope.event, CheckInAnswered):
+        await record_check_in(pool, envelope)
+    else:  # a topic's new event type this build does not know: keep it in the DLQ
+        raise PoisonMessage(f"intake does not handle {envelope.type}")
+
+
 async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None:
     change = envelope.event
     assert isinstance(change, ReferralStatusChanged)
@@ -313,6 +332,24 @@ async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None
             return
         if not await repo.apply_status(conn, change):
             log.info("need %s: status %s is stale or unknown", change.need_id, change.status)
+
+
+async def record_check_in(pool: asyncpg.Pool, envelope: Envelope) -> None:
+    answered = envelope.event
+    assert isinstance(answered, CheckInAnswered)
+    async with pool.acquire() as conn, conn.transaction():
+        if not await first_delivery(conn, CHECK_IN_CONSUMER, envelope):
+            return
+        if not await repo.save_check_in(conn, answered):
+            log.info("need %s: day-%d answer is stale or unknown", answered.need_id, answered.day)
+
+
+async def follow_up_check_in(
+    pool: asyncpg.Pool, clock: Clock, worker: asyncpg.Record, need_id: UUID, day: int
+) -> bool:
+    """The worker has responded to the person's request for help: it leaves their list."""
+    async with pool.acquire() as conn:
+        return await repo.follow_up_check_in(conn, need_id, day, worker["worker_id"], clock.now())
 
 
 class ReleaseRefused(PermissionError):
@@ -370,6 +407,92 @@ def _check_release(need: asyncpg.Record | None, agency_id: str, now: datetime) -
         named and agency_id not in need["named_agencies"]
     ):
         raise ReleaseRefused("the person's consent does not cover this agency or need")
+
+
+class LookupRefused(Exception):
+    """A contact lookup that was refused; the message is the reason written to the audit."""
+
+
+class UnknownNeed(LookupRefused):
+    pass
+
+
+class NotAcceptedYet(LookupRefused):
+    """Notifications may ask before intake has applied the acceptance: it retries later."""
+
+
+class ContactNotAllowed(LookupRefused):
+    pass
+
+
+# Statuses in which an agency has taken the need on, so refnet may write to the person.
+CONTACTABLE = frozenset({"accepted", "in_progress", "on_hold", "completed", "failed"})
+# Channels refnet sends to itself; phone means a person calls, none means nobody writes.
+AUTOMATED_CHANNELS = frozenset({ContactChannel.EMAIL, ContactChannel.SMS})
+LOOKUP_REQUESTER = "notifications"
+
+
+async def lookup_contact(
+    pool: asyncpg.Pool, crypto: Crypto, clock: Clock, need_id: UUID, purpose: str
+) -> dict[str, str]:
+    """Where to send the person one automated message: only the chosen channel's address
+    and their first name. Every lookup, granted or refused, is audited in the transaction
+    that reads the data; a refusal raises after that commits."""
+    now = clock.now()
+    async with pool.acquire() as conn, conn.transaction():
+        need = await repo.accepted_need(conn, need_id)
+        outcome = _contact_or_refusal(crypto, need, now)
+        refused = outcome if isinstance(outcome, LookupRefused) else None
+        await repo.insert_contact_lookup(
+            conn,
+            {
+                "lookup_id": uuid4(),
+                "need_id": need_id,
+                "person_id": need["person_id"] if need is not None else None,
+                "requested_by": LOOKUP_REQUESTER,
+                "purpose": purpose,
+                "channel": need["preferred_channel"] if need is not None else None,
+                "granted": refused is None,
+                "reason": str(refused) if refused else None,
+                "looked_up_at": now,
+            },
+        )
+    if isinstance(outcome, LookupRefused):
+        raise outcome
+    return outcome
+
+
+def _contact_or_refusal(
+    crypto: Crypto, need: asyncpg.Record | None, now: datetime
+) -> dict[str, str] | LookupRefused:
+    refused = _lookup_refusal(need, now)
+    if refused is not None:
+        return refused
+    assert need is not None
+    channel = need["preferred_channel"]
+    pii = crypto.cipher.open(need["pii"], need["person_id"])
+    address = pii.get("email" if channel == ContactChannel.EMAIL else "phone")
+    if not address:
+        return ContactNotAllowed(f"no {channel} address on record")
+    name = pii.get("preferred_name") or pii["legal_given_name"]
+    return {"channel": channel, "address": address, "name": name}
+
+
+def _lookup_refusal(need: asyncpg.Record | None, now: datetime) -> LookupRefused | None:
+    # Consent first: a revoked consent is a final answer, whatever the need's status.
+    if need is None:
+        return UnknownNeed("unknown need")
+    if need["revoked_at"] is not None:
+        return ContactNotAllowed("the person's consent is revoked")
+    if need["expires_on"] < now.date():
+        return ContactNotAllowed("the person's consent has expired")
+    if need["status"] == "cancelled":  # final too: retrying would never succeed
+        return ContactNotAllowed("the need was cancelled")
+    if need["status"] not in CONTACTABLE:
+        return NotAcceptedYet(f"the need is {need['status']}, not accepted yet")
+    if need["preferred_channel"] not in AUTOMATED_CHANNELS:
+        return ContactNotAllowed(f"the person chose {need['preferred_channel']}: no messages")
+    return None
 
 
 async def accounting_of_disclosures(

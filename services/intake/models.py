@@ -4,7 +4,6 @@ validate against, so the two can never disagree about what a complete intake is.
 from __future__ import annotations
 
 from datetime import date, time
-from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
@@ -23,6 +22,7 @@ from shared.events import (
     CATEGORY_LABELS,
     ConsentRecipients,
     Constraints,
+    ContactChannel,
     Gender,
     Insurance,
     NeedCategory,
@@ -101,11 +101,8 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 AgencyId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 
 
-class Channel(StrEnum):
-    EMAIL = "email"
-    SMS = "sms"
-    PHONE = "phone"
-    NONE = "none"
+# One definition of the channels: the person's choice travels on NeedSubmitted as is.
+Channel = ContactChannel
 
 
 FIELD_ERROR_PREFIX = "refnet."

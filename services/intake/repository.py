@@ -8,7 +8,12 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.events import ReferralStatus, ReferralStatusChanged
+from shared.events import (
+    CheckInAnswer,
+    CheckInAnswered,
+    ReferralStatus,
+    ReferralStatusChanged,
+)
 
 # Statuses after which a need needs nothing more from anyone.
 CLOSED_STATUSES = ("completed", "failed", "cancelled")
@@ -324,23 +329,39 @@ async def intake_for_worker(
     )
 
 
+# The person's most recent check-in answer for need n, as check_in_* columns.
+_LATEST_CHECK_IN = (
+    "LEFT JOIN LATERAL (SELECT a.day AS check_in_day, a.answer AS check_in_answer, "
+    "a.followed_up_at AS check_in_followed_up_at FROM check_in_answers a "
+    "WHERE a.need_id = n.need_id ORDER BY a.answered_at DESC, a.day DESC LIMIT 1) ci ON true "
+)
+
+
 async def needs_of_intake(conn: asyncpg.Connection, intake_id: UUID) -> list[asyncpg.Record]:
     return list(
-        await conn.fetch("SELECT * FROM needs WHERE intake_id = $1 ORDER BY position", intake_id)
+        await conn.fetch(
+            "SELECT n.*, ci.* FROM needs n " + _LATEST_CHECK_IN + "WHERE n.intake_id = $1 "
+            "ORDER BY n.position",
+            intake_id,
+        )
     )
 
 
 async def open_needs(conn: asyncpg.Connection, worker: asyncpg.Record) -> list[asyncpg.Record]:
-    """Every need still in play for the worker's intakes (an admin sees everyone's)."""
+    """Every need still in play for the worker's intakes (an admin sees everyone's), and
+    every closed one whose person asked for help and was not yet followed up."""
     return list(
         await conn.fetch(
-            "SELECT n.*, i.created_at AS intake_at, p.pii, p.person_id "
+            "SELECT n.*, ci.*, i.created_at AS intake_at, p.pii, p.person_id "
             "FROM needs n JOIN intakes i USING (intake_id) JOIN persons p USING (person_id) "
-            "WHERE n.status <> ALL($3::text[]) AND (i.worker_id = $1 OR $2) "
+            + _LATEST_CHECK_IN
+            + "WHERE (n.status <> ALL($3::text[]) OR (ci.check_in_answer = $4 "
+            "AND ci.check_in_followed_up_at IS NULL)) AND (i.worker_id = $1 OR $2) "
             "ORDER BY n.status_at",
             worker["worker_id"],
             worker["role"] == "admin",
             list(CLOSED_STATUSES),
+            CheckInAnswer.NEED_HELP.value,
         )
     )
 
@@ -398,7 +419,8 @@ async def disclosures_for_person(
 
 
 async def accepted_need(conn: asyncpg.Connection, need_id: UUID) -> asyncpg.Record | None:
-    """A need with its person and consent, for releasing contact details to its agency."""
+    """A need with its person and consent, for releasing contact details to its agency or
+    for the notifications service's contact lookup."""
     return await conn.fetchrow(
         "SELECT n.need_id, n.status, n.agency_id, n.agency_name, n.category, "
         "p.person_id, p.pii, p.preferred_channel, p.contact_from, p.contact_until, "
@@ -408,6 +430,58 @@ async def accepted_need(conn: asyncpg.Connection, need_id: UUID) -> asyncpg.Reco
         "JOIN consents c ON c.consent_id = i.consent_id WHERE n.need_id = $1",
         need_id,
     )
+
+
+async def insert_contact_lookup(conn: asyncpg.Connection, lookup: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO contact_lookups (lookup_id, need_id, person_id, requested_by, purpose, "
+        "channel, granted, reason, looked_up_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        lookup["lookup_id"],
+        lookup["need_id"],
+        lookup["person_id"],
+        lookup["requested_by"],
+        lookup["purpose"],
+        lookup["channel"],
+        lookup["granted"],
+        lookup["reason"],
+        lookup["looked_up_at"],
+    )
+
+
+# --- aftercare check-ins --------------------------------------------------------------------
+
+
+async def save_check_in(conn: asyncpg.Connection, answered: CheckInAnswered) -> bool:
+    """Store the answer unless a later one for that day is already stored; False if the need
+    is unknown here or the answer is older. A new answer wants a new follow-up."""
+    result = await conn.execute(
+        "INSERT INTO check_in_answers (need_id, day, answer, answered_at) "
+        "SELECT need_id, $2, $3, $4 FROM needs WHERE need_id = $1 "
+        "ON CONFLICT (need_id, day) DO UPDATE SET answer = EXCLUDED.answer, "
+        "answered_at = EXCLUDED.answered_at, followed_up_at = NULL, followed_up_by = NULL "
+        "WHERE check_in_answers.answered_at < EXCLUDED.answered_at",
+        answered.need_id,
+        answered.day,
+        answered.answer.value,
+        answered.answered_at,
+    )
+    return bool(result != "INSERT 0 0")
+
+
+async def follow_up_check_in(
+    conn: asyncpg.Connection, need_id: UUID, day: int, worker_id: UUID, at: datetime
+) -> bool:
+    """Record that the worker followed up a request for help; False if there was none."""
+    result = await conn.execute(
+        "UPDATE check_in_answers SET followed_up_at = $4, followed_up_by = $3 "
+        "WHERE need_id = $1 AND day = $2 AND answer = $5 AND followed_up_at IS NULL",
+        need_id,
+        day,
+        worker_id,
+        at,
+        CheckInAnswer.NEED_HELP.value,
+    )
+    return bool(result != "UPDATE 0")
 
 
 # --- key rotation ---------------------------------------------------------------------------

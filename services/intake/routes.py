@@ -39,6 +39,7 @@ from services.intake.handlers import (
     Submitted,
     accounting_of_disclosures,
     find_persons,
+    follow_up_check_in,
     intake_of_submission,
     known_persons,
     release_contact,
@@ -309,6 +310,20 @@ async def record_contact_release(
         await release_contact(state.pool, state.crypto, state.clock, need_id, need.agency_id)
     except ReleaseRefused as refused:
         return _render(request, "intake_status.html", 409, release_error=str(refused), **context)
+    return RedirectResponse(f"/intakes/{intake_id}", status_code=303)
+
+
+@router.post("/intakes/{intake_id}/needs/{need_id}/check-ins/{day}/followed-up")
+async def record_check_in_follow_up(
+    request: Request, intake_id: UUID, need_id: UUID, day: int, worker: Worker, form: CsrfForm
+) -> Response:
+    """The worker responded to the person's "I need help": the need leaves their list. The
+    day pins the answer they saw, so a newer request for help stays flagged."""
+    state = request.app.state
+    context = await _tracker(request, intake_id, worker)
+    if not any(n.need_id == str(need_id) for n in context["needs"]):
+        raise HTTPException(404, "No such need on this intake.")
+    await follow_up_check_in(state.pool, state.clock, worker, need_id, day)
     return RedirectResponse(f"/intakes/{intake_id}", status_code=303)
 
 

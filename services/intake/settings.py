@@ -19,6 +19,9 @@ class IntakeSettings(BaseServiceSettings):
     # Keys the digest that finds a returning person by name and date of birth. Never rotate
     # it without re-indexing: see docs/operations.md.
     pii_index_key: SecretStr
+    # The notifications service sends it to look up a person's address (audited); the same
+    # value as its INTERNAL_API_TOKEN, 32+ characters.
+    internal_api_token: SecretStr = Field(min_length=32)
     session_max_age_s: int = 8 * 3600
     http_host: str = "127.0.0.1"
     http_port: int = 8000
@@ -49,6 +52,12 @@ class IntakeSettings(BaseServiceSettings):
         if not self.is_local and (any(word in key for word in _PLACEHOLDERS) or len(set(key)) < 12):
             raise ValueError(
                 "SECRET_KEY looks like a placeholder; generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        token = self.internal_api_token.get_secret_value().lower()
+        if not self.is_local and any(word in token for word in _PLACEHOLDERS):
+            raise ValueError(
+                "INTERNAL_API_TOKEN looks like a placeholder; generate one with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         if self.pii_encryption_key.get_secret_value() == self.pii_index_key.get_secret_value():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.events import CATEGORY_LABELS, NeedCategory
+from shared.events import CATEGORY_LABELS, CheckInAnswer, NeedCategory
 
 STATUS_LABELS = {
     "submitted": "Finding an agency",
@@ -43,6 +43,11 @@ class NeedView:
     reason: str | None
     excluded: list[dict[str, str]]
     stuck: tuple[str, ...]
+    # The person's latest aftercare check-in answer, if any, and how the tracker says it.
+    check_in_answer: str | None
+    check_in_day: int | None
+    check_in: str | None
+    asked_for_help: bool  # and no worker has followed it up yet
 
 
 def need_view(row: Any, now: datetime) -> NeedView:
@@ -62,6 +67,10 @@ def need_view(row: Any, now: datetime) -> NeedView:
         reason=row["status_reason"],
         excluded=list(row["excluded"] if isinstance(row["excluded"], list) else []),
         stuck=stuck_reasons(row, now),
+        check_in_answer=row.get("check_in_answer"),
+        check_in_day=row.get("check_in_day"),
+        check_in=check_in_label(row),
+        asked_for_help=asked_for_help(row),
     )
 
 
@@ -74,7 +83,30 @@ def stuck_reasons(row: Any, now: datetime) -> tuple[str, ...]:
         reasons.append("offer past half its deadline")
     if row["declines"] >= DECLINES_BEFORE_STUCK and row["status"] in SEARCHING:
         reasons.append(f"declined {row['declines']} times")
+    if asked_for_help(row):
+        reasons.append(f"asked for help at the day-{row['check_in_day']} check-in")
     return tuple(reasons)
+
+
+def asked_for_help(row: Any) -> bool:
+    """The latest check-in answer asks the worker to step in, and nobody has yet."""
+    return bool(
+        row.get("check_in_answer") == CheckInAnswer.NEED_HELP
+        and row.get("check_in_followed_up_at") is None
+    )
+
+
+def check_in_label(row: Any) -> str | None:
+    answer, day = row.get("check_in_answer"), row.get("check_in_day")
+    if answer == CheckInAnswer.NEED_HELP:
+        label = f"Asked for help at the day-{day} check-in"
+        followed_up = row.get("check_in_followed_up_at")
+        return f"{label}; followed up {followed_up:%Y-%m-%d}" if followed_up else label
+    if answer == CheckInAnswer.CONNECTED:
+        return f"Connected (day {day} check-in)"
+    if answer == CheckInAnswer.STOP:
+        return "Stopped aftercare reminders"
+    return None
 
 
 def _past_half_deadline(row: Any, now: datetime) -> bool:

@@ -31,6 +31,7 @@ def _schema_app_settings() -> IntakeSettings:
         secret_key="s" * 32,
         pii_encryption_key=generate_key(),
         pii_index_key=generate_key(),
+        internal_api_token="t" * 32,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import date
 from uuid import uuid4
 
@@ -65,6 +66,7 @@ def test_production_refuses_a_placeholder_secret_key(
         "SECRET_KEY": secret,
         "PII_ENCRYPTION_KEY": generate_key(),
         "PII_INDEX_KEY": generate_key(),
+        "INTERNAL_API_TOKEN": secrets.token_urlsafe(32),
     }.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match="SECRET_KEY"):
