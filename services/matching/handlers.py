@@ -2,6 +2,7 @@
 
     submitted -> offered(agency, attempt n, respond_by)
     offered -> accepted | declined(reason) | expired   (declined/expired -> next candidate)
+    accepted -> completed (got help) | failed(outcome)  (the agency's reported outcome)
     no candidate left, or attempts used up -> unmatched (with every exclusion's reason)
     any open state -> cancelled (consent revoked)
 
@@ -45,6 +46,8 @@ from shared.events import (
     OfferDeclined,
     OfferExpired,
     OfferWithdrawn,
+    Outcome,
+    OutcomeReported,
     RecoveryStage,
     ReferralOffered,
     ReferralStatus,
@@ -84,6 +87,9 @@ HELD_BY_AGENCY = (
     ReferralStatus.IN_PROGRESS,
     ReferralStatus.ON_HOLD,
 )
+# States in which an agency took the person on through its accepted offer: the only ones an
+# outcome can close.
+TAKEN_ON = (ReferralStatus.ACCEPTED, ReferralStatus.IN_PROGRESS, ReferralStatus.ON_HOLD)
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ async def handle_capacity_update(deps: Deps, envelope: Envelope) -> None:
 
 async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
     response = envelope.event
-    assert isinstance(response, OfferAccepted | OfferDeclined | OfferExpired)
+    assert isinstance(response, OfferAccepted | OfferDeclined | OfferExpired | OutcomeReported)
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await first_delivery(conn, RESPONSES_CONSUMER, envelope):
             return
@@ -190,7 +196,10 @@ async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
                 f"offer {response.offer_id} was made to {offer['agency_id']}, "
                 f"not {response.agency_id}"
             )
-        if offer["status"] != "open":
+        if isinstance(response, OutcomeReported):
+            # Before the open check: the offer an outcome is about is closed, as accepted.
+            await _close_loop(conn, deps, ref, offer, response)
+        elif offer["status"] != "open":
             await _answer_to_closed_offer(conn, deps, ref, offer, response)
         elif isinstance(response, OfferAccepted):
             await _accept_if_in_time(conn, deps, ref, offer)
@@ -215,6 +224,35 @@ async def _answer_to_closed_offer(
                  offer["status"])  # fmt: skip
         return
     await _refuse(conn, deps, offer, _why_closed(ref, offer))
+
+
+async def _close_loop(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    ref: dict[str, Any],
+    offer: dict[str, Any],
+    reported: OutcomeReported,
+) -> None:
+    """The agency that took the person on says how it ended: got-help completes the
+    referral, any other outcome fails it with that outcome as the reason. Only the offer
+    holding the referral can close it; a repeat, a late word on a referral already closed
+    (or cancelled) or an outcome for another offer changes nothing, and is no poison."""
+    need_id, outcome = ref["need_id"], reported.outcome
+    if offer["status"] == "open":
+        log.info("need %s: outcome %s for offer %s, never accepted, ignored", need_id,
+                 outcome.value, offer["offer_id"])  # fmt: skip
+        return
+    if ref["status"] not in TAKEN_ON or ref["offer_id"] != offer["offer_id"]:
+        log.info("need %s: outcome %s for %s offer %s ignored; the referral is %s", need_id,
+                 outcome.value, offer["status"], offer["offer_id"], ref["status"])  # fmt: skip
+        return
+    # No place is given back either way: acceptance consumed it, and the agency reports its
+    # capacity itself (a newer count restarts `consumed`).
+    if outcome == Outcome.GOT_HELP:
+        await _emit_status(conn, deps, ref, ReferralStatus.COMPLETED)
+    else:
+        await _emit_status(conn, deps, ref, ReferralStatus.FAILED, reason=outcome.value)
+    log.info("need %s: %s reported by %s", need_id, outcome.value, offer["agency_id"])
 
 
 def _why_closed(ref: dict[str, Any], offer: dict[str, Any]) -> str:
@@ -404,11 +442,7 @@ async def _cancel(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], rea
         await _withdraw(conn, deps, offer, reason)
     # An accepted referral is withdrawn too: the agency may have started work, and its
     # offers topic is the only channel it is sure to read.
-    if ref["status"] in (
-        ReferralStatus.ACCEPTED,
-        ReferralStatus.IN_PROGRESS,
-        ReferralStatus.ON_HOLD,
-    ):
+    if ref["status"] in TAKEN_ON:
         await _withdraw(conn, deps, ref, reason)
     await _emit_status(conn, deps, ref, ReferralStatus.CANCELLED, reason=reason)
 

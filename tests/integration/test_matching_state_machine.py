@@ -1,5 +1,6 @@
 """The referral state machine on real Postgres: ask agencies in turn until one accepts,
-fan an urgent need out, refuse a late acceptance, and keep every place counted."""
+fan an urgent need out, refuse a late acceptance, keep every place counted, and close the
+loop on the accepting agency's reported outcome."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from shared.events import (
     OfferAccepted,
     OfferDeclined,
     OfferExpired,
+    Outcome,
+    OutcomeReported,
     Urgency,
 )
 from shared.hsds import AgencyProfile
@@ -110,12 +113,21 @@ def on_agency_topics(events: list[tuple[str, Any]], kind: str) -> list[dict[str,
 
 def answer(kind: type, offer: dict[str, Any], **extra: Any) -> Envelope:
     ids = {"offer_id": offer["offer_id"], "need_id": offer["need_id"]}
-    at = {OfferAccepted: "accepted_at", OfferDeclined: "declined_at", OfferExpired: "expired_at"}
+    at: dict[type, str] = {
+        OfferAccepted: "accepted_at",
+        OfferDeclined: "declined_at",
+        OfferExpired: "expired_at",
+        OutcomeReported: "reported_at",
+    }
     return envelope(kind(**ids, agency_id=offer["agency_id"], **{at[kind]: CLOCK.now()}, **extra))
 
 
 def decline(offer: dict[str, Any]) -> Envelope:
     return answer(OfferDeclined, offer, reason=DeclineReason.NO_CAPACITY)
+
+
+def report(offer: dict[str, Any], outcome: Outcome) -> Envelope:
+    return answer(OutcomeReported, offer, outcome=outcome)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -283,6 +295,86 @@ async def test_a_decline_in_a_fan_out_leaves_the_others_open(deps: Deps) -> None
     await handle_offer_response(deps, decline(second))
     events = await emitted(deps.pool, need.need_id)
     assert [o["agency_id"] for o in offers_made(events)] == AGENCIES
+
+
+async def an_accepted_referral(deps: Deps) -> tuple[NeedSubmitted, dict[str, Any]]:
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+    offer = last_offer(await emitted(deps.pool, need.need_id))
+    await handle_offer_response(deps, answer(OfferAccepted, offer))
+    return need, offer
+
+
+def the_last_change(events: list[tuple[str, Any]]) -> dict[str, Any]:
+    changes: list[dict[str, Any]] = [p for t, p in events if t == "refnet.referral-events.v1"]
+    return changes[-1]
+
+
+async def test_the_accepting_agency_reports_got_help_and_the_referral_is_completed(
+    deps: Deps,
+) -> None:
+    need, offer = await an_accepted_referral(deps)
+    places = await capacity_of(deps.pool, offer["service_id"])
+
+    await handle_offer_response(deps, report(offer, Outcome.GOT_HELP))
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered", "accepted", "completed"]
+    completed = the_last_change(events)
+    assert (completed["agency_id"], completed["offer_id"]) == ("ag-near", offer["offer_id"])
+    assert completed["reason"] is None
+    assert await capacity_of(deps.pool, offer["service_id"]) == places, "no place given back"
+
+
+async def test_any_other_outcome_fails_the_referral_with_it_as_the_reason(deps: Deps) -> None:
+    need, offer = await an_accepted_referral(deps)
+
+    await handle_offer_response(deps, report(offer, Outcome.COULDNT_CONTACT))
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered", "accepted", "failed"]
+    assert the_last_change(events)["reason"] == "couldnt-contact"
+
+
+async def test_a_repeated_or_late_outcome_changes_nothing(deps: Deps) -> None:
+    need, offer = await an_accepted_referral(deps)
+    got_help = report(offer, Outcome.GOT_HELP)
+
+    await handle_offer_response(deps, got_help)
+    await handle_offer_response(deps, got_help)  # the same event redelivered
+    await handle_offer_response(deps, envelope(got_help.event))  # the same outcome, new event id
+    await handle_offer_response(deps, report(offer, Outcome.REFERRED_ELSEWHERE))  # a change of mind
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered", "accepted", "completed"]
+
+
+async def test_an_outcome_for_a_declined_offer_of_the_need_changes_nothing(deps: Deps) -> None:
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+    declined = last_offer(await emitted(deps.pool, need.need_id))
+    await handle_offer_response(deps, decline(declined))
+    accepted = last_offer(await emitted(deps.pool, need.need_id))
+    await handle_offer_response(deps, answer(OfferAccepted, accepted))
+
+    await handle_offer_response(deps, report(declined, Outcome.NOT_ELIGIBLE))
+
+    events = await emitted(deps.pool, need.need_id)
+    assert [declined["agency_id"], accepted["agency_id"]] == ["ag-near", "ag-wide"]
+    assert statuses(events) == ["submitted", "offered", "declined", "offered", "accepted"]
+
+
+async def test_an_outcome_for_an_offer_never_accepted_changes_nothing(deps: Deps) -> None:
+    need = a_need()
+    await handle_need_submitted(deps, envelope(need))
+    offer = last_offer(await emitted(deps.pool, need.need_id))
+
+    await handle_offer_response(deps, report(offer, Outcome.GOT_HELP))
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered"]
+    await handle_offer_response(deps, answer(OfferAccepted, offer))  # it can still be taken
+    assert statuses(await emitted(deps.pool, need.need_id))[-1] == "accepted"
 
 
 async def capacity_of(pool: asyncpg.Pool, service_id: str) -> tuple[int, int]:
