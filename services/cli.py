@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     key.add_argument("agency_id")
     _add_user_commands(commands)
     _add_directory_commands(commands)
+    _add_webhook_commands(commands)
     pii = commands.add_parser("pii", help="intake's encrypted identifiers").add_subparsers(
         dest="pii_command", required=True
     )
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         _reseal()
     elif args.command == "directory":
         _directory(args)
+    elif args.command == "webhooks":
+        _webhooks(args)
     elif args.agency_command == "listen":
         asyncio.run(_listen(args.agency_id, args.accept, args.max_offers))
     elif args.agency_command == "key":
@@ -91,6 +94,55 @@ def _add_directory_commands(commands: argparse._SubParsersAction) -> None:  # ty
     dump = directory.add_parser("export", help="write the directory as an HSDS package")
     dump.add_argument("path", type=Path, help="a directory (CSV) or a .json file")
     dump.add_argument("--format", choices=("csv", "json"), help="default: from the path")
+
+
+def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    hooks = commands.add_parser("webhooks", help="agency webhooks").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    replay = hooks.add_parser(
+        "replay", help="send a finished (delivered or failed) webhook delivery again"
+    )
+    replay.add_argument("delivery_id", help="the Refnet-Webhook-Id of the delivery")
+    enable = hooks.add_parser(
+        "enable", help="re-enable an agency's webhook endpoint and forget its failures"
+    )
+    enable.add_argument("agency_id")
+
+
+def _webhooks(args: argparse.Namespace) -> None:
+    from uuid import UUID
+
+    if args.webhooks_command == "replay":
+        try:
+            delivery_id = UUID(args.delivery_id)
+        except ValueError:
+            sys.exit(f"refnet webhooks replay: {args.delivery_id!r} is not a delivery id (a UUID)")
+        if not asyncio.run(_webhook_command("replay", str(delivery_id))):
+            sys.exit("refnet webhooks replay: no finished webhook delivery with that id")
+        print(f"delivery {delivery_id} replayed: it is due now")
+    else:
+        if not asyncio.run(_webhook_command("enable", args.agency_id)):
+            sys.exit(f"refnet webhooks enable: agency {args.agency_id} has no webhook endpoint")
+        print(f"the webhook endpoint of {args.agency_id} is enabled")
+
+
+async def _webhook_command(command: Literal["replay", "enable"], target: str) -> bool:
+    from uuid import UUID
+
+    from services.notifications import webhooks
+    from shared.clock import SystemClock
+    from shared.db import create_pool
+
+    pool = await create_pool(_setting("DATABASE_URL"), "notifications", max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            now = SystemClock().now()
+            if command == "replay":
+                return await webhooks.replay(conn, UUID(target), now)
+            return await webhooks.enable(conn, target, now)
+    finally:
+        await pool.close()
 
 
 def _directory(args: argparse.Namespace) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 from services.matching.directory import admin as directory
+from services.sms_sink import SmsSink
 from services.smtp_sink import SmtpSink
 from shared.db import migrate
 from shared.embedded import free_port, port_is_open, spawn, stop_process
@@ -31,6 +32,8 @@ from shared.topics import PLATFORM_TOPICS
 SERVICES = ("intake", "matching", "notifications")
 MIGRATIONS = {name: Path(__file__).parent / name / "migrations" for name in SERVICES}
 DEMO_WORKER_EMAIL = "demo.worker@refnet.local"
+# The local SMS provider's account (a Twilio-style sid; the token is a generated secret).
+SMS_ACCOUNT = "AC" + "0" * 32
 
 
 @dataclass
@@ -40,10 +43,11 @@ class Ports:
     smtp: int = 1025
     intake: int = 8000
     notifications: int = 8001
+    sms: int = 8025
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+        return cls(*(free_port() for _ in range(6)))
 
     @classmethod
     def preferred(cls) -> tuple[Ports, list[str]]:
@@ -66,6 +70,7 @@ class LocalStack:
     echo_mail: bool = False
     infra: Infrastructure | None = None
     mail: SmtpSink | None = None
+    sms: SmsSink | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -89,6 +94,14 @@ class LocalStack:
             )
             self.mail = SmtpSink(self.run_dir / "mail", self.ports.smtp, echo=self.echo_mail)
             self.mail.start()
+            self.sms = SmsSink(
+                self.run_dir / "sms",
+                self.ports.sms,
+                account_sid=SMS_ACCOUNT,
+                auth_token=self.secrets["SMS_AUTH_TOKEN"],
+                echo=self.echo_mail,
+            )
+            self.sms.start()
             prepare(self.infra.database_url, self.infra.kafka_bootstrap_servers, self._partitions)
             self._write_stack_file()
             for name in SERVICES:
@@ -118,6 +131,9 @@ class LocalStack:
         if self.mail:
             self.mail.stop()
             self.mail = None
+        if self.sms:
+            self.sms.stop()
+            self.sms = None
         if self.infra:
             self.infra.stop()
             self.infra = None
@@ -137,6 +153,9 @@ class LocalStack:
             "PII_ENCRYPTION_KEY": lambda: Fernet.generate_key().decode(),
             "PII_INDEX_KEY": lambda: Fernet.generate_key().decode(),
             "DEMO_WORKER_PASSWORD": lambda: secrets.token_urlsafe(12),
+            "LINK_SECRET": lambda: secrets.token_urlsafe(48),
+            "INTERNAL_API_TOKEN": lambda: secrets.token_urlsafe(48),
+            "SMS_AUTH_TOKEN": lambda: secrets.token_urlsafe(24),
         }
         values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         # A run directory from an older version gains the secrets added since.
@@ -160,6 +179,11 @@ class LocalStack:
             "SMTP_PORT": str(self.ports.smtp),
             "DEMO_WORKER_EMAIL": DEMO_WORKER_EMAIL,
             "FAUST_DATADIR": str(self.run_dir / "matching-data"),
+            "PUBLIC_URL": self.agency_api_url,
+            "INTAKE_INTERNAL_URL": self.intake_url,
+            "SMS_API_URL": f"http://127.0.0.1:{self.ports.sms}",
+            "SMS_ACCOUNT_SID": SMS_ACCOUNT,
+            "SMS_FROM": "+15035550100",
             **self.secrets,
             **self.extra_env,
         }
@@ -208,7 +232,8 @@ def prepare(database_url: str, bootstrap_servers: str, partitions: int) -> None:
         )
     )
     connection = directory.Connection(
-        database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
+        database_url=database_url,
+        kafka_bootstrap_servers=bootstrap_servers,
         kafka_partitions=partitions,
-    )  # fmt: skip
+    )
     asyncio.run(directory.seed_if_empty(connection))

@@ -7,19 +7,21 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from services.notifications import repository as repo
+from services.notifications import webhooks
 from services.notifications.handlers import (
     Answer,
     Deps,
     agency_for_key,
     answer_offer,
     report_capacity,
+    report_outcome,
 )
-from shared.events import CapacityStatus, CapacityUpdated, DeclineReason
+from shared.events import CapacityStatus, CapacityUpdated, DeclineReason, Outcome
 
 router = APIRouter(prefix="/agency/v1", tags=["agency"])
 _bearer = HTTPBearer(auto_error=False)
@@ -125,6 +127,29 @@ async def offer_status(offer_id: UUID, agency_id: AgencyId, deps: AppDeps) -> Of
     return OfferStatusPublic(**{k: row[k] for k in ("offer_id", "need_id", "respond_by", "status")})
 
 
+class OutcomeBody(BaseModel):
+    outcome: Outcome
+
+
+class OutcomePublic(BaseModel):
+    offer_id: UUID
+    outcome: Outcome
+
+
+@router.post("/offers/{offer_id}/outcome", status_code=202)
+async def report_offer_outcome(
+    offer_id: UUID, body: OutcomeBody, agency_id: AgencyId, deps: AppDeps
+) -> OutcomePublic:
+    """Close the loop on a referral you accepted: got-help completes it, any other outcome
+    closes it as failed with that reason."""
+    result = await report_outcome(deps, agency_id, offer_id, body.outcome)
+    if result == Answer.NOT_FOUND:
+        raise HTTPException(404, f"No offer {offer_id} for agency {agency_id}.")
+    if result == Answer.NOT_OPEN:
+        raise HTTPException(409, "Only the offer you accepted has an outcome to report.")
+    return OutcomePublic(offer_id=offer_id, outcome=body.outcome)
+
+
 @router.put("/services/{service_id}/capacity", status_code=202)
 async def update_capacity(
     service_id: str, body: CapacityBody, agency_id: AgencyId, deps: AppDeps
@@ -141,3 +166,96 @@ async def update_capacity(
     )
     await report_capacity(deps, update)
     return CapacityAccepted(service_id=service_id, status=body.status, available=body.available)
+
+
+# --- webhooks: offers and outcome requests pushed to the agency (docs/webhooks.md) ---------
+
+
+class WebhookBody(BaseModel):
+    url: str = Field(description="https (plain http only for 127.0.0.1 or localhost).")
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        return webhooks.validate_url(url)
+
+
+class WebhookRegistered(BaseModel):
+    url: str
+    secret: str = Field(description="Verifies Refnet-Signature. Shown only in this response.")
+    enabled: bool
+
+
+class WebhookPublic(BaseModel):
+    url: str
+    enabled: bool
+    consecutive_failures: int
+    disabled_at: datetime | None
+    disabled_reason: str | None
+
+
+class WebhookDeliveryPublic(BaseModel):
+    delivery_id: str = Field(description="As sent in Refnet-Webhook-Id and the body's id.")
+    event: str | None
+    status: str = Field(description="sending, sent, failed, replayed...")
+    attempts: int
+    error: str | None
+    sent_at: datetime | None
+    updated_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="When a retry is due, if one is.")
+
+
+@router.put("/webhook")
+async def register_webhook(
+    body: WebhookBody, agency_id: AgencyId, deps: AppDeps
+) -> WebhookRegistered:
+    """Set (or replace) where your webhooks go. Each call issues a new secret, re-enables a
+    disabled endpoint and forgets its failures."""
+    async with deps.pool.acquire() as conn:
+        secret = await webhooks.register(conn, agency_id, body.url, deps.clock.now())
+    return WebhookRegistered(url=body.url, secret=secret, enabled=True)
+
+
+@router.get("/webhook", responses={404: {"description": "No webhook is registered."}})
+async def get_webhook(agency_id: AgencyId, deps: AppDeps) -> WebhookPublic:
+    async with deps.pool.acquire() as conn:
+        row = await webhooks.endpoint(conn, agency_id)
+    if row is None:
+        raise HTTPException(404, "No webhook is registered for this agency.")
+    return WebhookPublic(
+        **{
+            k: row[k]
+            for k in ("url", "enabled", "consecutive_failures", "disabled_at", "disabled_reason")
+        }
+    )
+
+
+@router.delete("/webhook", status_code=204)
+async def delete_webhook(agency_id: AgencyId, deps: AppDeps) -> Response:
+    async with deps.pool.acquire() as conn:
+        await webhooks.remove(conn, agency_id)
+    return Response(status_code=204)
+
+
+@router.get("/webhook/deliveries")
+async def webhook_deliveries(
+    agency_id: AgencyId,
+    deps: AppDeps,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[WebhookDeliveryPublic]:
+    """Your latest webhook deliveries, newest first."""
+    async with deps.pool.acquire() as conn:
+        rows = await webhooks.recent_deliveries(conn, agency_id, limit)
+    return [
+        WebhookDeliveryPublic(
+            delivery_id=str(row["job_id"] or row["idempotency_key"]),
+            event=row["subject"],
+            status=row["status"],
+            attempts=row["attempts"],
+            error=row["error"],
+            sent_at=row["sent_at"],
+            updated_at=row["updated_at"],
+            next_attempt_at=row["next_attempt_at"],
+        )
+        for row in rows
+    ]

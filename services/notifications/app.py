@@ -1,5 +1,6 @@
-"""The notifications service: the agency HTTP API, plus, in the background, the consumer of
-needs, referral events and consent events, the durable scheduler and the outbox relay."""
+"""The notifications service: the agency HTTP API and the pages behind one-click links,
+plus, in the background, the consumer of needs, referral events and consent events, the
+durable scheduler and the outbox relay."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI
 
 from services.notifications.api import router
-from services.notifications.handlers import CONSUMER, Deps, handle_event, run_due_jobs
-from services.notifications.mailer import Mailer
+from services.notifications.channels import EmailChannel
+from services.notifications.contacts import IntakeContactBook
+from services.notifications.handlers import CONSUMER, handle_event
+from services.notifications.links import Links
+from services.notifications.pages import router as pages
+from services.notifications.scheduler import Deps, run_scheduler
 from services.notifications.settings import NotificationsSettings
+from services.notifications.sms import SmsChannel
+from services.notifications.webhooks import WebhookSender
 from shared.clock import Clock, clock_for
 from shared.db import create_pool
 from shared.kafka import (
@@ -32,15 +40,34 @@ log = logging.getLogger(__name__)
 SCHEMA = "notifications"
 
 
-async def run_scheduler(deps: Deps) -> None:
-    while True:
-        try:
-            claimed = await run_due_jobs(deps)
-        except Exception:  # keep the scheduler alive; the jobs stay pending and leased
-            log.exception("scheduler cycle failed; retrying")
-            claimed = 0
-        if claimed < deps.settings.scheduler_batch_size:
-            await asyncio.sleep(deps.settings.scheduler_poll_interval_s)
+def build_deps(pool: asyncpg.Pool, clock: Clock, settings: NotificationsSettings) -> Deps:
+    """The service's clients, built in the lifespan (never at import) and handed to handlers."""
+    return Deps(
+        pool=pool,
+        clock=clock,
+        settings=settings,
+        email=EmailChannel(settings),
+        contacts=IntakeContactBook(
+            settings.intake_internal_url, settings.internal_api_token.get_secret_value()
+        ),
+        links=Links(
+            settings.link_secret.get_secret_value(),
+            clock,
+            settings.link_max_age_days,
+            settings.public_url,
+        ),
+        sms=SmsChannel.from_settings(settings),
+        webhooks=WebhookSender(settings.webhook_timeout_s),
+    )
+
+
+async def close_deps(deps: Deps) -> None:
+    await deps.email.close()
+    await deps.contacts.close()
+    if deps.sms:
+        await deps.sms.close()
+    if deps.webhooks:
+        await deps.webhooks.close()
 
 
 def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> FastAPI:
@@ -56,7 +83,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
 
         await wait_until_ready("Postgres", connect)
         assert pool is not None
-        deps = Deps(pool, clock, settings, Mailer(settings))
+        deps = build_deps(pool, clock, settings)
         app.state.deps = deps
         producer = make_producer(settings, "notifications")
         await wait_until_ready("Kafka producer", producer.start)
@@ -87,10 +114,12 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
             with contextlib.suppress(Exception):
                 await consumer.stop()
             await producer.stop()
+            await close_deps(deps)
             await pool.close()
 
     app = FastAPI(title="refnet agency API", version="1", lifespan=lifespan)
     app.include_router(router)
+    app.include_router(pages)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -1,65 +1,48 @@
-"""Notifications' use cases: follow referrals, answer offers for agencies over HTTP, and run
-due jobs (offer deadlines, emails to the intake worker, aftercare check-ins)."""
+"""Notifications' use cases: follow referrals and decide who is told what and when (each a
+scheduled job, see scheduler.py), answer offers and report outcomes for agencies over HTTP,
+and take the person's answers to aftercare check-ins."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 import asyncpg
 
 from services.notifications import repository as repo
-from services.notifications.mailer import Email, Mailer, render
-from services.notifications.settings import NotificationsSettings
+from services.notifications import webhooks
+from services.notifications.jobs import About, JobKind, job_id
+from services.notifications.links import CHECK_IN, OUTCOME, Link
+from services.notifications.scheduler import SOURCE, Deps
 from shared import outbox
-from shared.clock import Clock
 from shared.cloudevents import Envelope
 from shared.events import (
-    CATEGORY_LABELS,
     CapacityUpdated,
+    CheckInAnswer,
+    CheckInAnswered,
     ConsentRevoked,
     DeclineReason,
-    NeedCategory,
     NeedSubmitted,
     OfferAccepted,
     OfferDeclined,
-    OfferExpired,
+    Outcome,
+    OutcomeReported,
     ReferralStatus,
     ReferralStatusChanged,
 )
 from shared.inbox import first_delivery
-from shared.topics import CAPACITY_UPDATES, OFFER_RESPONSES
+from shared.topics import AFTERCARE, CAPACITY_UPDATES, OFFER_RESPONSES
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/refnet/notifications"
 CONSUMER = "notifications"
-RETRY_LATER = timedelta(seconds=30)
-
-
-class JobKind(StrEnum):
-    OFFER_DEADLINE = "offer_deadline"
-    ACCEPTED_EMAIL = "accepted_email"
-    UNMATCHED_EMAIL = "unmatched_email"
-    AFTERCARE_REMINDER = "aftercare_reminder"
-
-
-@dataclass(frozen=True)
-class Deps:
-    pool: asyncpg.Pool
-    clock: Clock
-    settings: NotificationsSettings
-    mailer: Mailer
-
-
-def job_id(*parts: object) -> UUID:
-    return uuid5(NAMESPACE_URL, "urn:refnet:job:" + ":".join(str(p) for p in parts))
+CONSENT_REVOKED = "consent revoked"  # matching's reason for a referral it cancels so
+__all__ = ["CONSUMER", "Deps", "handle_event"]
 
 
 # --- consuming needs and referral events -------------------------------------------------
@@ -98,54 +81,281 @@ async def _stop_following(conn: asyncpg.Connection, deps: Deps, need_ids: list[U
 async def _follow_referral(
     conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged
 ) -> None:
-    now = deps.clock.now()
-    need_id, offer_id = change.need_id, change.offer_id
     # A stale update read after the revocation must not open an offer or schedule a job.
-    if change.status == ReferralStatus.CANCELLED or await repo.consent_revoked(conn, need_id):
-        await _stop_following(conn, deps, [need_id])
+    if await repo.consent_revoked(conn, change.need_id):
+        await _stop_following(conn, deps, [change.need_id])
         return
-    if change.status == ReferralStatus.OFFERED:
-        assert offer_id and change.agency_id and change.respond_by
-        await repo.track_offer(
-            conn, offer_id, need_id, change.agency_id, change.agency_name, change.respond_by, now
-        )
-        await repo.schedule(
+    need = await repo.referrer(conn, change.need_id)
+    step = _STEPS.get(change.status)
+    if step is not None:
+        await step(conn, deps, change, need)
+
+
+async def _offered(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
+) -> None:
+    offer_id, agency_id, respond_by = change.offer_id, change.agency_id, change.respond_by
+    assert offer_id and agency_id and respond_by
+    now = deps.clock.now()
+    await repo.track_offer(
+        conn, offer_id, change.need_id, agency_id, change.agency_name, respond_by, now
+    )
+    await _job(conn, JobKind.OFFER_DEADLINE, change.need_id, respond_by, offer_id=offer_id)
+    if need is not None and await repo.first_offer(conn, change.need_id, change.occurred_at):
+        hours = deps.settings.stuck_after_h[need["urgency"]]
+        await _tell_worker(
             conn,
-            job_id(offer_id, JobKind.OFFER_DEADLINE),
-            JobKind.OFFER_DEADLINE,
-            need_id,
-            change.respond_by,
-            offer_id=offer_id,
+            change,
+            About.STUCK,
+            change.occurred_at + timedelta(hours=hours),
+            waited=_humanise(timedelta(hours=hours)),
         )
-        return
-    if offer_id is not None:
-        await repo.set_offer_status(conn, offer_id, "closed", now)
-        await repo.cancel_jobs(conn, offer_id=offer_id, kind=JobKind.OFFER_DEADLINE)
-    payload: dict[str, Any] = {"agency_name": change.agency_name, "reason": change.reason}
-    if change.status == ReferralStatus.ACCEPTED and offer_id is not None:
-        # Others asked at the same time (an urgent fan-out) can no longer take the person.
-        for other in await repo.close_others_as_placed(conn, need_id, offer_id, now):
-            await repo.cancel_jobs(conn, offer_id=other, kind=JobKind.OFFER_DEADLINE)
-    if change.status == ReferralStatus.ACCEPTED:
-        await repo.schedule(
-            conn, job_id(need_id, JobKind.ACCEPTED_EMAIL), JobKind.ACCEPTED_EMAIL, need_id, now,
-            payload={**payload, "aftercare_days": deps.settings.aftercare_days},
-        )  # fmt: skip
-        for day in deps.settings.aftercare_days:
-            await repo.schedule(
-                conn,
-                job_id(need_id, JobKind.AFTERCARE_REMINDER, day),
-                JobKind.AFTERCARE_REMINDER,
-                need_id,
-                change.occurred_at + timedelta(days=day),
-                payload={**payload, "day": day},
+    data = {
+        "offer_id": str(offer_id),
+        "need_id": str(change.need_id),
+        "respond_by": respond_by.isoformat(),
+        "attempt": change.attempt,
+    }
+    await _tell_agency(conn, agency_id, "offer.created", data, now, offer_id=offer_id)
+    share = deps.settings.agency_reminder_at_share_left
+    remind_at = respond_by - (respond_by - change.occurred_at) * share
+    await _tell_agency(
+        conn,
+        agency_id,
+        "offer.deadline-approaching",
+        data,
+        remind_at,
+        offer_id=offer_id,
+        only_if_open=True,
+    )
+
+
+async def _declined_or_expired(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
+) -> None:
+    await _offer_closed(conn, deps, change)
+    about = About.DECLINED if change.status == ReferralStatus.DECLINED else About.EXPIRED
+    await _tell_worker(conn, change, about, deps.clock.now(), key=change.offer_id)
+
+
+async def _accepted(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
+) -> None:
+    offer_id, agency_id = change.offer_id, change.agency_id
+    assert offer_id and agency_id
+    now = deps.clock.now()
+    await _offer_closed(conn, deps, change)
+    # Others asked at the same time (an urgent fan-out) can no longer take the person.
+    for other in await repo.close_others_as_placed(conn, change.need_id, offer_id, now):
+        await repo.cancel_jobs(conn, offer_id=other, kind=JobKind.OFFER_DEADLINE)
+        await repo.cancel_jobs(conn, offer_id=other, kind=JobKind.AGENCY_WEBHOOK)
+    await repo.cancel_job(conn, _job_id(JobKind.WORKER_EMAIL, change.need_id, (About.STUCK, None)))
+    agency_name = change.agency_name or agency_id
+    await repo.record_acceptance(conn, change.need_id, offer_id, agency_id, agency_name)
+    plan = deps.settings.aftercare_plan(need["category"]) if need else []
+    channel = need["contact_channel"] if need else "none"
+    person_told = channel in ("email", "sms")
+    await _tell_worker(
+        conn,
+        change,
+        About.ACCEPTED,
+        now,
+        agency_name=agency_name,
+        aftercare_days=plan,
+        person_told=person_told,
+    )
+    if person_told:
+        await _tell_person(
+            conn, change, About.ACCEPTED, now, agency_name=agency_name, check_in_days=plan
+        )
+    for day in plan:
+        due = change.occurred_at + timedelta(days=day)
+        if person_told:
+            await _tell_person(conn, change, About.CHECK_IN, due, agency_name=agency_name, day=day)
+        elif channel == "phone":
+            await _tell_worker(
+                conn, change, About.CALL_CHECK_IN, due, key=day, agency_name=agency_name, day=day
             )
-    elif change.status == ReferralStatus.UNMATCHED:
-        payload["excluded"] = [e.model_dump() for e in change.excluded]
-        await repo.schedule(
-            conn, job_id(need_id, JobKind.UNMATCHED_EMAIL), JobKind.UNMATCHED_EMAIL, need_id, now,
-            payload=payload,
-        )  # fmt: skip
+    await _request_outcome(conn, deps, change)
+
+
+async def _request_outcome(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged
+) -> None:
+    """Ask the agency how it went, with a one-click link per outcome (the closed loop)."""
+    offer_id, agency_id = change.offer_id, change.agency_id
+    assert offer_id and agency_id
+    link = Link(
+        job_id(offer_id, "outcome-link"),
+        change.need_id,
+        OUTCOME,
+        offer_id=offer_id,
+        agency_id=agency_id,
+    )
+    data = {
+        "offer_id": str(offer_id),
+        "need_id": str(change.need_id),
+        "outcome_url": deps.links.url(link),
+        "outcomes": [o.value for o in Outcome],
+    }
+    due = change.occurred_at + timedelta(days=deps.settings.outcome_request_after_days)
+    await _tell_agency(conn, agency_id, "outcome.requested", data, due, offer_id=offer_id)
+
+
+async def _unmatched(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
+) -> None:
+    await repo.cancel_job(conn, _job_id(JobKind.WORKER_EMAIL, change.need_id, (About.STUCK, None)))
+    await _tell_worker(
+        conn,
+        change,
+        About.UNMATCHED,
+        deps.clock.now(),
+        excluded=[e.model_dump() for e in change.excluded],
+    )
+
+
+async def _cancelled(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
+) -> None:
+    await _stop_following(conn, deps, [change.need_id])
+    # A revocation is recorded by the worker in intake: they know already.
+    if change.reason != CONSENT_REVOKED:
+        await _tell_worker(conn, change, About.CANCELLED, deps.clock.now())
+
+
+async def _ended(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
+) -> None:
+    """Completed or failed: the outcome is in, so the request for it is not needed."""
+    if change.offer_id is not None:
+        await repo.cancel_jobs(conn, offer_id=change.offer_id, kind=JobKind.AGENCY_WEBHOOK)
+    if change.status == ReferralStatus.FAILED:
+        await _tell_worker(conn, change, About.FAILED, deps.clock.now())
+
+
+async def _offer_closed(
+    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged
+) -> None:
+    if change.offer_id is not None:
+        await repo.set_offer_status(conn, change.offer_id, "closed", deps.clock.now())
+        await repo.cancel_jobs(conn, offer_id=change.offer_id, kind=JobKind.OFFER_DEADLINE)
+        await repo.cancel_jobs(conn, offer_id=change.offer_id, kind=JobKind.AGENCY_WEBHOOK)
+
+
+_STEPS = {
+    ReferralStatus.OFFERED: _offered,
+    ReferralStatus.DECLINED: _declined_or_expired,
+    ReferralStatus.EXPIRED: _declined_or_expired,
+    ReferralStatus.ACCEPTED: _accepted,
+    ReferralStatus.UNMATCHED: _unmatched,
+    ReferralStatus.CANCELLED: _cancelled,
+    ReferralStatus.COMPLETED: _ended,
+    ReferralStatus.FAILED: _ended,
+}
+
+
+async def _tell_worker(
+    conn: asyncpg.Connection,
+    change: ReferralStatusChanged,
+    about: About,
+    due: datetime,
+    *,
+    key: object = None,
+    **payload: Any,
+) -> None:
+    payload = {"agency_name": change.agency_name, "reason": change.reason, **payload}
+    await _job(
+        conn,
+        JobKind.WORKER_EMAIL,
+        change.need_id,
+        due,
+        key=(about, key),
+        payload={"about": about.value, **payload},
+    )
+
+
+async def _tell_person(
+    conn: asyncpg.Connection,
+    change: ReferralStatusChanged,
+    about: About,
+    due: datetime,
+    **payload: Any,
+) -> None:
+    await _job(
+        conn,
+        JobKind.PERSON_MESSAGE,
+        change.need_id,
+        due,
+        key=(about, payload.get("day")),
+        payload={"about": about.value, **payload},
+    )
+
+
+async def _tell_agency(
+    conn: asyncpg.Connection,
+    agency_id: str,
+    kind: str,
+    data: dict[str, Any],
+    due: datetime,
+    *,
+    offer_id: UUID,
+    only_if_open: bool = False,
+) -> None:
+    """A webhook call, if the agency has one; its Kafka topic and the API carry the rest."""
+    endpoint = await webhooks.endpoint(conn, agency_id)
+    if endpoint is None or not endpoint["enabled"]:
+        return
+    # created_at is fixed now, so a retry or an operator's replay sends the same bytes.
+    payload = {
+        "agency_id": agency_id,
+        "type": kind,
+        "data": data,
+        "only_if_open": only_if_open,
+        "created_at": due.isoformat(),
+    }
+    await _job(
+        conn,
+        JobKind.AGENCY_WEBHOOK,
+        UUID(data["need_id"]),
+        due,
+        key=(kind,),
+        offer_id=offer_id,
+        payload=payload,
+    )
+
+
+async def _job(
+    conn: asyncpg.Connection,
+    kind: JobKind,
+    need_id: UUID,
+    due: datetime,
+    *,
+    key: tuple[object, ...] = (),
+    offer_id: UUID | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    await repo.schedule(
+        conn,
+        _job_id(kind, need_id, key, offer_id),
+        kind,
+        need_id,
+        due,
+        offer_id=offer_id,
+        payload=payload or {},
+    )
+
+
+def _job_id(
+    kind: JobKind, need_id: UUID, key: tuple[object, ...], offer_id: UUID | None = None
+) -> UUID:
+    parts = (need_id, offer_id, kind, *key) if offer_id else (need_id, kind, *key)
+    return job_id(*parts)
+
+
+def _humanise(elapsed: timedelta) -> str:
+    hours = elapsed.total_seconds() / 3600
+    return f"{hours:.0f} hours" if hours < 48 else f"{hours / 24:.0f} days"
 
 
 # --- agencies answering over HTTP ----------------------------------------------------------
@@ -205,110 +415,80 @@ async def report_capacity(deps: Deps, update: CapacityUpdated) -> None:
         await outbox.enqueue(conn, CAPACITY_UPDATES, update, source=SOURCE, clock=deps.clock)
 
 
-# --- running due jobs ----------------------------------------------------------------------
+async def report_outcome(deps: Deps, agency_id: str, offer_id: UUID, outcome: Outcome) -> Answer:
+    """The accepting agency says how the referral ended; matching completes or fails it."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        return await _report_outcome(conn, deps, agency_id, offer_id, outcome)
 
 
-async def run_due_jobs(deps: Deps) -> int:
-    s = deps.settings
-    now = deps.clock.now()
-    async with deps.pool.acquire() as conn:
-        jobs = await repo.claim_due_jobs(
-            conn, now, timedelta(seconds=s.scheduler_lease_s), s.scheduler_batch_size
-        )
-    for job in jobs:
-        try:
-            await _run_job(deps, job)
-        except Exception as exc:  # one failing job must not stop the others
-            log.warning(
-                "job %s (%s) attempt %d failed: %s",
-                job["job_id"],
-                job["kind"],
-                job["attempts"],
-                exc,
-            )
-            retry_at = deps.clock.now() + RETRY_LATER * job["attempts"]
-            async with deps.pool.acquire() as conn:
-                await repo.fail_job(conn, job, str(exc), retry_at, s.scheduler_max_attempts)
-    return len(jobs)
+async def _report_outcome(
+    conn: asyncpg.Connection, deps: Deps, agency_id: str, offer_id: UUID, outcome: Outcome
+) -> Answer:
+    offer = await repo.offer_for_update(conn, offer_id)
+    if offer is None or offer["agency_id"] != agency_id:
+        return Answer.NOT_FOUND
+    need = await repo.referrer(conn, offer["need_id"])
+    if need is None or need["accepted_offer_id"] != offer_id:
+        return Answer.NOT_OPEN  # only the offer the need was placed through has an outcome
+    report = OutcomeReported(
+        offer_id=offer_id,
+        need_id=offer["need_id"],
+        agency_id=agency_id,
+        outcome=outcome,
+        reported_at=deps.clock.now(),
+    )
+    await outbox.enqueue(conn, OFFER_RESPONSES, report, source=SOURCE, clock=deps.clock)
+    return Answer.RECORDED
 
 
-async def _run_job(deps: Deps, job: asyncpg.Record) -> None:
-    async with deps.pool.acquire() as conn:
-        # Scheduled by a handler that had not yet seen the revocation (another replica, or
-        # the need's events read before the consent's).
-        if await repo.consent_revoked(conn, job["need_id"]):
-            await repo.cancel_need_jobs(conn, [job["need_id"]])
-            log.info("job %s (%s) cancelled: consent revoked", job["job_id"], job["kind"])
-            return
-    if job["kind"] == JobKind.OFFER_DEADLINE:
-        await _expire_offer(deps, job)
-    else:
-        await _send_email_job(deps, job)
+# --- one-click links -----------------------------------------------------------------------
 
 
-async def _expire_offer(deps: Deps, job: asyncpg.Record) -> None:
+class LinkAnswer(StrEnum):
+    RECORDED = "recorded"
+    ALREADY_USED = "already_used"
+
+
+class LinkRefused(Exception):
+    pass
+
+
+async def answer_link(deps: Deps, link: Link, answer: str) -> tuple[LinkAnswer, str]:
+    """Record the answer given through a check-in or outcome link, with its effect, in one
+    transaction; a link works once. Returns whether this use counted, and the answer that
+    stands."""
+    Outcome(answer) if link.purpose == OUTCOME else CheckInAnswer(answer)  # ValueError if not
     now = deps.clock.now()
     async with deps.pool.acquire() as conn, conn.transaction():
-        offer = await repo.offer_for_update(conn, job["offer_id"])
-        if offer is not None and offer["status"] == "open":
-            await repo.set_offer_status(conn, offer["offer_id"], "expiring", now)
-            expired = OfferExpired(
-                offer_id=offer["offer_id"],
-                need_id=offer["need_id"],
-                agency_id=offer["agency_id"],
-                expired_at=now,
+        use = await repo.use_link(conn, link.link_id, link.need_id, link.purpose, answer, now)
+        if not use["first"]:
+            return LinkAnswer.ALREADY_USED, use["answer"]
+        if link.purpose == CHECK_IN:
+            await _checked_in(conn, deps, link, CheckInAnswer(answer))
+        else:
+            assert link.offer_id and link.agency_id
+            result = await _report_outcome(
+                conn, deps, link.agency_id, link.offer_id, Outcome(answer)
             )
-            await outbox.enqueue(
-                conn, OFFER_RESPONSES, expired, source=SOURCE, clock=deps.clock,
-                event_id=job_id(job["job_id"], "event"),
-            )  # fmt: skip
-        await repo.finish_job(conn, job, now)
+            if result != Answer.RECORDED:
+                raise LinkRefused("this referral is no longer with your agency")
+    return LinkAnswer.RECORDED, answer
 
 
-async def _send_email_job(deps: Deps, job: asyncpg.Record) -> None:
-    key = str(job["job_id"])
-    async with deps.pool.acquire() as conn:
-        referrer = await repo.referrer(conn, job["need_id"])
-        already_sent = await repo.delivered(conn, key)
-    if referrer is None:
-        raise LookupError(f"need {job['need_id']} not yet known to notifications")
-    if not already_sent:
-        email = _compose(job, referrer)
-        await deps.mailer.send(email)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        if not already_sent:
-            await repo.log_delivery(
-                conn, key, "email", referrer["notify_email"], email.subject, job["attempts"],
-                deps.clock.now(),
-            )  # fmt: skip
-        await repo.finish_job(conn, job, deps.clock.now())
-    log.info("job %s (%s) delivered", key, job["kind"])
-
-
-def _compose(job: asyncpg.Record, referrer: asyncpg.Record) -> Email:
-    payload = job["payload"]
-    category = CATEGORY_LABELS[NeedCategory(referrer["category"])]
-    context = {
-        **payload,
-        "need_id": job["need_id"],
-        "category_label": category,
-        "urgency": referrer["urgency"],
-        "aftercare_days": ", ".join(str(d) for d in payload.get("aftercare_days", [])),
-    }
-    kind = JobKind(job["kind"])
-    subject = {
-        JobKind.ACCEPTED_EMAIL: f"Referral accepted: {category} by {payload.get('agency_name')}",
-        JobKind.UNMATCHED_EMAIL: f"Referral needs your attention: no agency for {category}",
-        JobKind.AFTERCARE_REMINDER: f"Aftercare check-in (day {payload.get('day')}): {category}",
-    }[kind]
-    template = {
-        JobKind.ACCEPTED_EMAIL: "accepted",
-        JobKind.UNMATCHED_EMAIL: "unmatched",
-        JobKind.AFTERCARE_REMINDER: "aftercare",
-    }[kind]
-    return Email(
-        to=referrer["notify_email"],
-        subject=subject,
-        body=render(template, **context),
-        message_id=f"<{job['job_id']}@refnet.local>",
+async def _checked_in(
+    conn: asyncpg.Connection, deps: Deps, link: Link, answer: CheckInAnswer
+) -> None:
+    """Tell intake (the worker's tracker); "stop" also ends the remaining check-ins."""
+    now = deps.clock.now()
+    if answer == CheckInAnswer.STOP:
+        stopped = await repo.stop_reminders(conn, link.need_id, JobKind.PERSON_MESSAGE, now)
+        log.info("need %s: the person stopped reminders (%d cancelled)", link.need_id, stopped)
+    event = CheckInAnswered(need_id=link.need_id, day=link.day or 0, answer=answer, answered_at=now)
+    await outbox.enqueue(
+        conn,
+        AFTERCARE,
+        event,
+        source=SOURCE,
+        clock=deps.clock,
+        event_id=job_id(link.link_id, "answer"),
     )

@@ -12,9 +12,11 @@ from shared.events import ConsentRevoked, NeedSubmitted
 
 
 async def remember_referrer(conn: asyncpg.Connection, need: NeedSubmitted) -> None:
+    contact = need.contact
     await conn.execute(
         "INSERT INTO need_referrers (need_id, worker_ref, notify_email, category, urgency, "
-        "person_ref, consent_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "person_ref, consent_id, languages, contact_channel, window_from, window_until) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
         need.need_id,
         need.referrer.worker_ref,
         need.referrer.notify_email,
@@ -22,7 +24,78 @@ async def remember_referrer(conn: asyncpg.Connection, need: NeedSubmitted) -> No
         need.urgency.value,
         need.person_ref,
         need.consent.consent_id,
+        list(need.languages),
+        contact.channel.value if contact else "none",
+        contact.window_from if contact else None,
+        contact.window_until if contact else None,
     )
+
+
+async def first_offer(conn: asyncpg.Connection, need_id: UUID, at: datetime) -> bool:
+    """Record when the need was first offered; True only the first time."""
+    result = await conn.execute(
+        "UPDATE need_referrers SET first_offered_at = $2 "
+        "WHERE need_id = $1 AND first_offered_at IS NULL",
+        need_id,
+        at,
+    )
+    return bool(result == "UPDATE 1")
+
+
+async def record_acceptance(
+    conn: asyncpg.Connection, need_id: UUID, offer_id: UUID, agency_id: str, agency_name: str
+) -> None:
+    await conn.execute(
+        "UPDATE need_referrers SET accepted_offer_id = $2, agency_id = $3, agency_name = $4 "
+        "WHERE need_id = $1",
+        need_id,
+        offer_id,
+        agency_id,
+        agency_name,
+    )
+
+
+async def stop_reminders(conn: asyncpg.Connection, need_id: UUID, kind: str, at: datetime) -> int:
+    """The person asked for no more check-ins: record it and cancel those still pending."""
+    await conn.execute(
+        "UPDATE need_referrers SET reminders_stopped_at = $2 "
+        "WHERE need_id = $1 AND reminders_stopped_at IS NULL",
+        need_id,
+        at,
+    )
+    result = await conn.execute(
+        "UPDATE scheduled_jobs SET status = 'cancelled', last_error = 'person stopped reminders' "
+        "WHERE need_id = $1 AND kind = $2 AND status = 'pending' "
+        "AND payload->>'about' = 'check-in'",
+        need_id,
+        kind,
+    )
+    return int(result.split()[-1])
+
+
+async def use_link(
+    conn: asyncpg.Connection, link_id: UUID, need_id: UUID, purpose: str, answer: str, at: datetime
+) -> asyncpg.Record:
+    """The link's first use wins; returns the recorded use (this one, or the earlier one)."""
+    row = await conn.fetchrow(
+        "INSERT INTO link_uses (link_id, need_id, purpose, answer, used_at) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING *, true AS first",
+        link_id,
+        need_id,
+        purpose,
+        answer,
+        at,
+    )
+    if row is None:
+        row = await conn.fetchrow(
+            "SELECT *, false AS first FROM link_uses WHERE link_id = $1", link_id
+        )
+    assert row is not None
+    return row
+
+
+async def link_use(conn: asyncpg.Connection, link_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM link_uses WHERE link_id = $1", link_id)
 
 
 async def record_revocation(conn: asyncpg.Connection, revoked: ConsentRevoked) -> None:
@@ -244,31 +317,96 @@ async def fail_job(
     )
 
 
-async def delivered(conn: asyncpg.Connection, idempotency_key: str) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT true FROM deliveries WHERE idempotency_key = $1 AND status = 'sent'",
-            idempotency_key,
-        )
+async def postpone_job(conn: asyncpg.Connection, job: asyncpg.Record, due_at: datetime) -> None:
+    """Not now (quiet hours): due later, and the claim does not count as an attempt."""
+    await conn.execute(
+        "UPDATE scheduled_jobs SET due_at = $3, lease_until = NULL, attempts = attempts - 1 "
+        "WHERE job_id = $1 AND attempts = $2 AND status = 'pending'",
+        job["job_id"],
+        job["attempts"],
+        due_at,
     )
 
 
-async def log_delivery(
+async def give_up_job(
+    conn: asyncpg.Connection, job: asyncpg.Record, status: str, reason: str, at: datetime
+) -> None:
+    """End a job that must not be retried: 'failed' (a retry cannot help) or 'cancelled'."""
+    await conn.execute(
+        "UPDATE scheduled_jobs SET status = $3, last_error = $4, done_at = $5, lease_until = NULL "
+        "WHERE job_id = $1 AND attempts = $2 AND status = 'pending'",
+        job["job_id"],
+        job["attempts"],
+        status,
+        reason,
+        at,
+    )
+
+
+async def begin_delivery(
     conn: asyncpg.Connection,
-    idempotency_key: str,
+    job: asyncpg.Record,
     channel: str,
     recipient: str,
     subject: str,
-    attempts: int,
     at: datetime,
-) -> None:
+) -> str | None:
+    """Log the send as in flight before it starts, committed. Returns the earlier status:
+    'sent' means done already; 'sending' means a sender died mid-send, so this send repeats
+    it under the same key (and is counted as a repeat)."""
+    key = str(job["job_id"])
+    before = await conn.fetchval(
+        "SELECT status FROM deliveries WHERE idempotency_key = $1 FOR UPDATE", key
+    )
+    if before == "sent":
+        return before
     await conn.execute(
-        "INSERT INTO deliveries (idempotency_key, channel, recipient, subject, status, attempts, "
-        "sent_at) VALUES ($1, $2, $3, $4, 'sent', $5, $6) ON CONFLICT DO NOTHING",
-        idempotency_key,
+        "INSERT INTO deliveries (idempotency_key, job_id, kind, channel, recipient, subject, "
+        "status, attempts, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'sending', 1, $7) "
+        "ON CONFLICT (idempotency_key) DO UPDATE SET status = 'sending', "
+        "attempts = deliveries.attempts + 1, error = NULL, updated_at = $7, "
+        "repeats = deliveries.repeats + (deliveries.status = 'sending')::int",
+        key,
+        job["job_id"],
+        job["kind"],
         channel,
         recipient,
         subject,
-        attempts,
         at,
+    )
+    return str(before) if before else None
+
+
+async def delivery_sent(
+    conn: asyncpg.Connection, job: asyncpg.Record, provider_id: str, at: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE deliveries SET status = 'sent', provider_id = $2, sent_at = $3, updated_at = $3 "
+        "WHERE idempotency_key = $1",
+        str(job["job_id"]),
+        provider_id,
+        at,
+    )
+
+
+async def delivery_failed(
+    conn: asyncpg.Connection, job: asyncpg.Record, error: str, at: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE deliveries SET status = 'failed', error = $2, updated_at = $3 "
+        "WHERE idempotency_key = $1",
+        str(job["job_id"]),
+        error,
+        at,
+    )
+
+
+async def delivery(conn: asyncpg.Connection, key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM deliveries WHERE idempotency_key = $1", key)
+
+
+async def cancel_job(conn: asyncpg.Connection, job_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE scheduled_jobs SET status = 'cancelled' WHERE job_id = $1 AND status = 'pending'",
+        job_id,
     )

@@ -10,18 +10,22 @@ from uuid import UUID, uuid4
 import pytest
 
 from services.notifications import repository as repo
-from services.notifications.handlers import Answer, Deps, answer_offer, handle_event, run_due_jobs
+from services.notifications.handlers import Answer, answer_offer, handle_event
+from services.notifications.scheduler import Deps, run_due_jobs
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope
 from shared.events import (
     ConsentRevoked,
+    ContactChannel,
+    ContactPreferences,
     Event,
     NeedCategory,
     NeedSubmitted,
     ReferralStatus,
     ReferralStatusChanged,
 )
+from tests.contacts import StaticContactBook
 from tests.factories import need_submitted
 
 pytestmark = pytest.mark.integration
@@ -80,8 +84,14 @@ def revocation_of(deps: Deps, need: NeedSubmitted) -> ConsentRevoked:
 
 
 async def given_an_accepted_need(deps: Deps) -> NeedSubmitted:
-    """Accepted: the acceptance email and the aftercare reminders are scheduled."""
-    need = need_submitted(NeedCategory.HOUSING, at=deps.clock.now())
+    """Accepted: the worker's email, the person's notice and aftercare check-ins are due."""
+    need = need_submitted(
+        NeedCategory.HOUSING,
+        at=deps.clock.now(),
+        contact=ContactPreferences(channel=ContactChannel.EMAIL),
+    )
+    assert isinstance(deps.contacts, StaticContactBook)
+    deps.contacts.add(need.need_id, "email", "mari@example.net")
     offer_id = uuid4()
     await deliver(deps, need)
     await deliver(deps, offered(deps, need, offer_id))
@@ -94,7 +104,12 @@ async def jobs(deps: Deps, need: NeedSubmitted) -> dict[str, str]:
         rows = await conn.fetch(
             "SELECT kind, payload, status FROM scheduled_jobs WHERE need_id = $1", need.need_id
         )
-    return {f"{r['kind']}:{r['payload'].get('day', '')}": r["status"] for r in rows}
+    return {
+        ":".join(
+            str(x) for x in (r["kind"], r["payload"].get("about"), r["payload"].get("day")) if x
+        ): r["status"]
+        for r in rows
+    }
 
 
 async def run_everything_due_for_weeks(deps: Deps, clock: ManualClock) -> None:
@@ -107,20 +122,24 @@ async def test_revoking_consent_cancels_pending_aftercare_and_nothing_more_is_se
     deps: Deps, sink: SmtpSink, clock: ManualClock
 ) -> None:
     need = await given_an_accepted_need(deps)
-    await run_due_jobs(deps)  # the acceptance email goes out at once
-    assert len(sink.messages) == 1
+    await run_due_jobs(deps)  # the worker's and the person's acceptance emails go at once
+    assert len(sink.messages) == 2
 
     revoked = revocation_of(deps, need)
     await deliver(deps, revoked)
     await deliver(deps, revoked)  # re-sent: nothing more to do
     await run_everything_due_for_weeks(deps, clock)
 
-    assert len(sink.messages) == 1
+    assert len(sink.messages) == 2
     assert await jobs(deps, need) == {
-        "offer_deadline:": "cancelled",
-        "accepted_email:": "done",
-        "aftercare_reminder:1": "cancelled",
-        "aftercare_reminder:7": "cancelled",
+        "offer_deadline": "cancelled",
+        "worker_email:stuck": "cancelled",
+        "worker_email:accepted": "done",
+        "person_message:accepted": "done",
+        "person_message:check-in:1": "cancelled",
+        "person_message:check-in:7": "cancelled",
+        "person_message:check-in:30": "cancelled",
+        "person_message:check-in:90": "cancelled",
     }
 
 
@@ -139,7 +158,10 @@ async def test_revocation_closes_the_open_offer_so_it_neither_expires_nor_takes_
         assert await repo.open_offers(conn, AGENCY) == []
         assert await conn.fetchval("SELECT count(*) FROM outbox") == 0, "no OfferExpired"
     assert await answer_offer(deps, AGENCY, offer_id, None) == Answer.NOT_OPEN
-    assert await jobs(deps, need) == {"offer_deadline:": "cancelled"}
+    assert await jobs(deps, need) == {
+        "offer_deadline": "cancelled",
+        "worker_email:stuck": "cancelled",
+    }
 
 
 async def test_a_cancelled_referral_has_its_pending_jobs_cancelled(
@@ -194,5 +216,6 @@ async def test_needs_under_another_consent_keep_their_reminders(
     await deliver(deps, revocation_of(deps, revoked))
     await run_everything_due_for_weeks(deps, clock)
 
-    assert len(sink.messages) == 3  # kept: the acceptance email and two reminders
-    assert (await jobs(deps, kept))["aftercare_reminder:7"] == "done"
+    # kept: the worker's and the person's acceptance emails, the check-ins of days 1 and 7
+    assert len(sink.messages) == 4, [m["Subject"] for m in sink.messages]
+    assert (await jobs(deps, kept))["person_message:check-in:7"] == "done"

@@ -10,7 +10,8 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from services.notifications.handlers import Answer, Deps, answer_offer
+from services.notifications.handlers import Answer, answer_offer
+from services.notifications.scheduler import Deps
 from shared.events import ReferralStatus
 from tests.factories import need_submitted
 from tests.integration.test_notifications_consent import deliver, status
