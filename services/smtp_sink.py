@@ -1,5 +1,9 @@
 """A local SMTP server (aiosmtpd) that keeps every message: saved as .eml under the run
-directory, printed as one line, and readable by tests. For local runs only."""
+directory, printed as one line, and readable by tests. For local runs only.
+
+Like a mail client, it shows a message once per Message-ID: a repeat (a sender that died
+between the server's acceptance and its own record of it sends again under the same id) is
+counted in ``repeats``, not kept twice."""
 
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ class SmtpSink:
         self._echo = echo
         self._lock = threading.Lock()
         self._messages: list[EmailMessage] = []
+        self._seen: set[str] = set()
+        self.repeats: list[str] = []
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=port)
 
     def start(self) -> None:
@@ -49,7 +55,13 @@ class SmtpSink:
     def keep(self, raw: bytes) -> None:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
+        message_id = str(message["Message-ID"] or "")
         with self._lock:
+            if message_id and message_id in self._seen:
+                self.repeats.append(message_id)
+                log.info("mail %s repeated: kept once", message_id)
+                return
+            self._seen.add(message_id)
             self._messages.append(message)
             number = len(self._messages)
         (self.mail_dir / f"{number:05d}.eml").write_bytes(raw)

@@ -62,6 +62,12 @@ async def offers_not_yet_read(stack: LocalStack, agency_id: str) -> int:
     )
 
 
+def texts_to(stack: LocalStack, person: Person) -> list[dict[str, Any]]:
+    assert stack.sms is not None
+    number = "+1" + person.phone.replace("-", "")
+    return [m for m in stack.sms.messages if m["to"] == number]
+
+
 def mail_about(stack: LocalStack, subject_part: str, need_ids: set[str]) -> list[Any]:
     """Mail with that subject about one of these needs (other tests' needs get mail too)."""
     assert stack.mail is not None
@@ -139,13 +145,14 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
         "two acceptance emails",
     )
 
-    # When a day passes
-    assert not mail_about(stack, "Aftercare check-in (day 1)", need_ids)
-    OffsetFileClock(stack.clock_offset_file).advance(timedelta(days=1, minutes=1))
-    await eventually(
-        lambda: len(mail_about(stack, "Aftercare check-in (day 1)", need_ids)) >= 2,
-        "day-1 reminders",
+    # And the person is told by text, in Spanish (their first language), who will call
+    notices = await eventually(
+        lambda: len(texts_to(stack, person)) >= 2 and texts_to(stack, person), "two SMS notices"
     )
+
+    # When a day passes, each need's first aftercare check-in reaches the person
+    OffsetFileClock(stack.clock_offset_file).advance(timedelta(days=1, minutes=1))
+    await eventually(lambda: len(texts_to(stack, person)) >= 4, "day-1 check-ins")
     # Give the scheduler many more cycles in which a duplicate would show up.
     await asyncio.sleep(2)
     return {
@@ -155,6 +162,7 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
         "need_ids": need_ids,
         "offers": offers,
         "acceptance_mail": acceptance_mail,
+        "notices": notices,
         "second_listen_pending": pending,
         "worker": worker,
         "intake_path": intake_path,
@@ -193,16 +201,22 @@ async def test_the_worker_is_emailed_when_an_agency_accepts(
     assert len(mails) == 2
 
 
-async def test_first_aftercare_reminder_is_delivered_exactly_once_per_need(
+async def test_the_person_is_told_who_will_help_on_the_channel_they_chose(
     stack: LocalStack, referral_loop: dict[str, Any]
 ) -> None:
-    need_ids = referral_loop["need_ids"]
-    reminders = mail_about(stack, "Aftercare check-in (day 1)", need_ids)
-    per_need = [
-        sum(1 for m in reminders if r.need_id in m.get_content()) for r in referral_loop["rows"]
-    ]
-    assert per_need == [1, 1]
-    assert not mail_about(stack, "Aftercare check-in (day 7)", need_ids)
+    person: Person = referral_loop["person"]
+    notices = [t for t in texts_to(stack, person) if "le ayudará" in t["body"]]
+    assert len(notices) == 2 and len({t["body"] for t in notices}) == 2  # one per agency
+    assert not [m for m in stack.mail.messages if m["To"] == person.email]  # type: ignore[union-attr]
+
+
+async def test_first_aftercare_check_in_is_delivered_exactly_once_per_need(
+    stack: LocalStack, referral_loop: dict[str, Any]
+) -> None:
+    check_ins = [t for t in texts_to(stack, referral_loop["person"]) if "día 1" in t["body"]]
+    assert len(check_ins) == 2
+    assert len({t["body"] for t in check_ins}) == 2  # one per need: each its own link
+    assert not [t for t in texts_to(stack, referral_loop["person"]) if "día 7" in t["body"]]
 
 
 async def test_no_topic_carries_the_persons_identifiers(
