@@ -283,7 +283,7 @@ def run_up(run_dir: Path) -> None:
     for note in notes:
         print(f"refnet: {note}", flush=True)
     stack = LocalStack(run_dir, ports, echo_mail=True)
-    print("refnet: starting Postgres, the broker, the SMTP sink and three services...", flush=True)
+    print("refnet: starting Postgres, the broker, the mail and SMS sinks, three services...", flush=True)
     stack.start()
     assert stack.infra is not None
     print(
@@ -294,6 +294,7 @@ refnet is up.
   Kafka broker          {stack.infra.kafka_bootstrap_servers}  ({stack.infra.kafka_source})
   Postgres              {stack.infra.database_url}  ({stack.infra.postgres_source})
   SMTP sink             127.0.0.1:{stack.ports.smtp}  (messages in {run_dir}/mail/)
+  SMS provider (fake)   http://127.0.0.1:{stack.ports.sms}  (texts in {run_dir}/sms/)
   logs                  {run_dir}/logs/
 
   demo intake worker    {DEMO_WORKER_EMAIL}

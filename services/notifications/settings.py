@@ -86,6 +86,17 @@ class NotificationsSettings(BaseServiceSettings):
         return bool(self.sms_api_url and self.sms_account_sid and self.sms_auth_token)
 
     @model_validator(mode="after")
+    def _no_placeholder_secret_outside_local(self) -> NotificationsSettings:
+        for name in ("link_secret", "internal_api_token"):
+            value = getattr(self, name).get_secret_value().lower()
+            if not self.is_local and "change-me" in value:
+                raise ValueError(
+                    f"{name.upper()} looks like a placeholder; generate one with "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _lease_outlasts_a_batch(self) -> NotificationsSettings:
         slowest = max(self.smtp_timeout_s, self.sms_timeout_s, self.webhook_timeout_s)
         if self.scheduler_lease_s <= self.scheduler_batch_size * slowest:
