@@ -283,7 +283,7 @@ def run_up(run_dir: Path) -> None:
     for note in notes:
         print(f"refnet: {note}", flush=True)
     stack = LocalStack(run_dir, ports, echo_mail=True)
-    print("refnet: starting Postgres, the broker, the mail and SMS sinks, three services...", flush=True)
+    print("refnet: starting Postgres, the broker, mail and SMS sinks, 3 services...", flush=True)
     stack.start()
     assert stack.infra is not None
     print(
