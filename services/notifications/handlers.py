@@ -152,9 +152,11 @@ async def _accepted(
     await repo.cancel_job(conn, _job_id(JobKind.WORKER_EMAIL, change.need_id, (About.STUCK, None)))
     agency_name = change.agency_name or agency_id
     await repo.record_acceptance(conn, change.need_id, offer_id, agency_id, agency_name)
-    plan = deps.settings.aftercare_plan(need["category"]) if need else []
-    channel = need["contact_channel"] if need else "none"
-    person_told = channel in ("email", "sms")
+    # The need's own event may not have been read yet (another topic): then the default
+    # plan is scheduled and each message checks the person's choice when it falls due.
+    plan = deps.settings.aftercare_plan(need["category"]) if need else deps.settings.aftercare_days
+    channel = need["contact_channel"] if need else "not yet known"
+    person_told = channel in ("email", "sms", "not yet known")
     await _tell_worker(
         conn,
         change,

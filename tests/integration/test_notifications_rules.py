@@ -456,3 +456,26 @@ async def test_an_endpoint_failing_again_and_again_is_disabled_and_sent_nothing_
     assert not endpoint["enabled"] and endpoint["consecutive_failures"] >= 8
     assert calls == deps.settings.webhook_disable_after
     assert {r["status"] for r in statuses} <= {"failed", "cancelled"}
+
+
+async def test_an_acceptance_read_before_its_need_still_reaches_the_person(
+    deps: Deps, sink: SmtpSink, contacts: StaticContactBook
+) -> None:
+    need = need_submitted(
+        NeedCategory.COUNSELING,
+        at=deps.clock.now(),
+        contact=ContactPreferences(channel=ContactChannel.EMAIL),
+    )
+    contacts.add(need.need_id, "email", "late@example.net")
+    offer_id = uuid4()
+    await deliver(deps, change(deps, need, ReferralStatus.OFFERED, 2, offer_id))
+    await deliver(deps, change(deps, need, ReferralStatus.ACCEPTED, 3, offer_id))
+    await run_due_jobs(deps)  # the need is not known yet: the messages wait
+    await deliver(deps, need)  # the needs topic is read late
+
+    deps.clock.advance(timedelta(seconds=deps.settings.retry_cap_s))
+    await run_due_jobs(deps)
+
+    assert [m["Subject"] for m in mail_to(sink, "late@example.net")] == [
+        "Harbor Counseling will contact you"
+    ]
