@@ -130,4 +130,6 @@ async def the_log_agrees(stack: LocalStack, need_id: str, repeats: int) -> None:
     finally:
         await conn.close()
     assert row["sent"] == REMINDERS
-    assert row["repeats"] == repeats
+    # The log counts each send retried after an interrupted attempt, whether or not that
+    # attempt had reached the sink: at least the repeats the sink saw, at most the one killed.
+    assert repeats <= row["repeats"] <= 1
