@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-e2e lint fmt clean bench
+.PHONY: up test test-unit test-integration test-e2e lint fmt clean bench bench-reminders
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,14 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
-## Measure matching: time per need by directory size, and throughput against a bare Kafka loop.
+## Run both benchmarks: matching (time per need by directory size, throughput against a bare
+## Kafka loop), then reminders.
 bench: $(STAMP)
-	$(BIN)/python -m bench.matching
+	$(BIN)/python -m bench.matching && $(BIN)/python -m bench.reminders
+
+## Measure reminders: 100,000 due reminders drained into the SMTP sink against its raw rate.
+bench-reminders: $(STAMP)
+	$(BIN)/python -m bench.reminders
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
