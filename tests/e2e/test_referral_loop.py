@@ -247,3 +247,24 @@ async def test_no_topic_carries_the_persons_identifiers(
     assert scanned >= 8
     assert seen_needs == referral_loop["need_ids"]
     assert any(t.startswith("refnet.agency.") for t in topics)
+
+
+async def test_i_need_help_from_a_check_in_text_shows_up_on_the_workers_tracker(
+    stack: LocalStack, referral_loop: dict[str, Any]
+) -> None:
+    text = next(t for t in texts_to(stack, referral_loop["person"]) if "día 1" in t["body"])
+    link = next(word for word in text["body"].split() if "/l/" in word)
+    async with httpx.AsyncClient() as person:
+        page = await person.get(link)
+        assert page.status_code == 200 and "Necesito ayuda" in page.text
+        answered = await person.post(link, data={"answer": "need-help"})
+        assert answered.status_code == 200, answered.text
+
+    worker: WorkerBrowser = referral_loop["worker"]
+    await eventually(
+        lambda: (
+            "asked for help at the day-1 check-in"
+            in worker.http.get(referral_loop["intake_path"]).text.lower()
+        ),
+        "the worker's tracker flags the request for help",
+    )
