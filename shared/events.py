@@ -371,6 +371,11 @@ class ReferralStatusChanged(Event):
     excluded: tuple[ExcludedAgency, ...] = ()
 
 
+# ReferralStatusChanged.reason when matching cancels a referral because its consent was
+# revoked; notifications tells the worker of other cancellations only (they revoked it).
+CANCELLED_CONSENT_REVOKED = "consent revoked"
+
+
 class ConsentRevoked(Event):
     """The person withdrew a consent: every open referral under it is to be cancelled, and
     nothing more may be disclosed under it."""

@@ -32,6 +32,7 @@ from shared import outbox
 from shared.clock import Clock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
+    CANCELLED_CONSENT_REVOKED,
     AcceptanceRefused,
     CapacityUpdated,
     ConsentRevoked,
@@ -67,7 +68,7 @@ RESPONSES_CONSUMER = "matching.offer-responses"
 CONSENTS_CONSUMER = "matching.consent-events"
 AGENCIES_CONSUMER = "matching.agencies"
 CAPACITY_CONSUMER = "matching.capacity-updates"
-CONSENT_REVOKED = "consent revoked"
+CONSENT_REVOKED = CANCELLED_CONSENT_REVOKED
 
 # Every state a referral can still leave; unmatched, completed, failed and cancelled are final.
 OPEN_STATES = (

@@ -22,6 +22,7 @@ from services.notifications.scheduler import SOURCE, Deps
 from shared import outbox
 from shared.cloudevents import Envelope
 from shared.events import (
+    CANCELLED_CONSENT_REVOKED,
     CapacityUpdated,
     CheckInAnswer,
     CheckInAnswered,
@@ -41,7 +42,6 @@ from shared.topics import AFTERCARE, CAPACITY_UPDATES, OFFER_RESPONSES
 log = logging.getLogger(__name__)
 
 CONSUMER = "notifications"
-CONSENT_REVOKED = "consent revoked"  # matching's reason for a referral it cancels so
 __all__ = ["CONSUMER", "Deps", "handle_event"]
 
 
@@ -81,11 +81,11 @@ async def _stop_following(conn: asyncpg.Connection, deps: Deps, need_ids: list[U
 async def _follow_referral(
     conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged
 ) -> None:
+    need = await repo.referrer(conn, change.need_id)
     # A stale update read after the revocation must not open an offer or schedule a job.
-    if await repo.consent_revoked(conn, change.need_id):
+    if need is not None and need["consent_revoked"]:
         await _stop_following(conn, deps, [change.need_id])
         return
-    need = await repo.referrer(conn, change.need_id)
     step = _STEPS.get(change.status)
     if step is not None:
         await step(conn, deps, change, need)
@@ -222,7 +222,7 @@ async def _cancelled(
 ) -> None:
     await _stop_following(conn, deps, [change.need_id])
     # A revocation is recorded by the worker in intake: they know already.
-    if change.reason != CONSENT_REVOKED:
+    if change.reason != CANCELLED_CONSENT_REVOKED:
         await _tell_worker(conn, change, About.CANCELLED, deps.clock.now())
 
 

@@ -113,19 +113,13 @@ async def needs_under_consent(conn: asyncpg.Connection, consent_id: UUID) -> lis
     return [r["need_id"] for r in rows]
 
 
-async def consent_revoked(conn: asyncpg.Connection, need_id: UUID) -> bool:
-    """Whether the need is known to be under a revoked consent."""
-    return bool(
-        await conn.fetchval(
-            "SELECT true FROM need_referrers JOIN revoked_consents USING (consent_id) "
-            "WHERE need_id = $1",
-            need_id,
-        )
-    )
-
-
 async def referrer(conn: asyncpg.Connection, need_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM need_referrers WHERE need_id = $1", need_id)
+    """The need as notifications knows it, with whether its consent has been revoked."""
+    return await conn.fetchrow(
+        "SELECT n.*, r.consent_id IS NOT NULL AS consent_revoked FROM need_referrers n "
+        "LEFT JOIN revoked_consents r USING (consent_id) WHERE n.need_id = $1",
+        need_id,
+    )
 
 
 async def track_offer(

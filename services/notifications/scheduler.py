@@ -125,7 +125,8 @@ async def run_job(deps: Deps, job: asyncpg.Record) -> None:
 
 
 def retry_at(deps: Deps, attempts: int) -> datetime:
-    """Exponential backoff with full jitter, so failed sends don't retry in step."""
+    """Exponential backoff with jitter (anywhere from half the base to the ceiling), so
+    failed sends don't retry in step."""
     s = deps.settings
     ceiling = min(s.retry_cap_s, s.retry_base_s * 2 ** max(attempts - 1, 0))
     return deps.clock.now() + timedelta(seconds=random.uniform(s.retry_base_s / 2, ceiling))
@@ -136,7 +137,7 @@ async def _dispatch(deps: Deps, job: asyncpg.Record) -> None:
         need = await repo.referrer(conn, job["need_id"])
         # Scheduled by a handler that had not yet seen the revocation (another replica, or
         # the need's events read before the consent's).
-        if await repo.consent_revoked(conn, job["need_id"]):
+        if need is not None and need["consent_revoked"]:
             await repo.cancel_need_jobs(conn, [job["need_id"]])
             raise GiveUp("consent revoked", "cancelled")
     if job["kind"] == JobKind.OFFER_DEADLINE:
@@ -160,24 +161,24 @@ async def _outgoing(deps: Deps, job: asyncpg.Record, need: asyncpg.Record) -> Ou
 
 
 async def deliver(deps: Deps, job: asyncpg.Record, out: Outgoing) -> None:
-    now = deps.clock.now()
-    async with deps.pool.acquire() as conn, conn.transaction():
-        before = await repo.begin_delivery(conn, job, out.channel, out.recipient, out.subject, now)
-    if before == "sent":
-        async with deps.pool.acquire() as conn:
-            await repo.finish_job(conn, job, now)
-        return
-    try:
-        provider_id = await out.send()
-    except (ChannelError, webhooks.WebhookFailed) as exc:
-        async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn:
+        async with conn.transaction():
+            before = await repo.begin_delivery(
+                conn, job, out.channel, out.recipient, out.subject, deps.clock.now()
+            )
+        if before == "sent":
+            await repo.finish_job(conn, job, deps.clock.now())
+            return
+        try:
+            provider_id = await out.send()
+        except (ChannelError, webhooks.WebhookFailed) as exc:
             await repo.delivery_failed(conn, job, str(exc), deps.clock.now())
-        if getattr(exc, "permanent", False):
-            raise GiveUp(str(exc)) from exc
-        raise
-    async with deps.pool.acquire() as conn, conn.transaction():
-        await repo.delivery_sent(conn, job, provider_id, deps.clock.now())
-        await repo.finish_job(conn, job, deps.clock.now())
+            if getattr(exc, "permanent", False):
+                raise GiveUp(str(exc)) from exc
+            raise
+        async with conn.transaction():
+            await repo.delivery_sent(conn, job, provider_id, deps.clock.now())
+            await repo.finish_job(conn, job, deps.clock.now())
     log.info("job %s (%s) delivered by %s", job["job_id"], job["kind"], out.channel)
 
 
@@ -324,7 +325,8 @@ async def _agency_webhook(deps: Deps, job: asyncpg.Record) -> Outgoing:
     agency_id = payload["agency_id"]
     async with deps.pool.acquire() as conn:
         endpoint = await webhooks.endpoint(conn, agency_id)
-        if payload.get("only_if_open") and not await _offer_open(conn, job["offer_id"]):
+        offer = await repo.agency_offer(conn, agency_id, job["offer_id"])
+        if payload.get("only_if_open") and (offer is None or offer["status"] != "open"):
             raise GiveUp("the offer is no longer open", "cancelled")
     if endpoint is None:
         raise GiveUp(f"agency {agency_id} has no webhook", "cancelled")
@@ -357,8 +359,3 @@ async def _count_failure(deps: Deps, agency_id: str, failed: webhooks.WebhookFai
     async with deps.pool.acquire() as conn:
         if await webhooks.record_failure(conn, agency_id, threshold, str(failed), deps.clock.now()):
             log.warning("agency %s: webhook disabled after failures: %s", agency_id, failed)
-
-
-async def _offer_open(conn: asyncpg.Connection, offer_id: Any) -> bool:
-    offer = await repo.offer_for_update(conn, offer_id)
-    return offer is not None and offer["status"] == "open"

@@ -14,8 +14,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from services.intake import repository as intake_repo
+from services.intake.handlers import Crypto
+from services.intake.security import PersonIndex, PiiCipher, generate_key, hash_password
 from services.notifications.app import close_deps
 from services.notifications.channels import EmailChannel
+from services.notifications.handlers import handle_event
 from services.notifications.links import Links
 from services.notifications.scheduler import Deps
 from services.notifications.settings import NotificationsSettings
@@ -24,8 +28,10 @@ from services.notifications.webhooks import WebhookSender
 from services.sms_sink import SmsSink
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
+from shared.cloudevents import Envelope
 from shared.db import create_pool, migrate
 from shared.embedded import free_port
+from shared.events import Event
 from shared.infra import Infrastructure, provision
 from tests.contacts import StaticContactBook
 
@@ -47,6 +53,30 @@ async def fresh_schema(infra: Infrastructure, service: str) -> tuple[str, asyncp
     schema = f"{service}_{uuid4().hex[:8]}"
     migrate(infra.database_url, schema, SERVICES / service / "migrations")
     return schema, await create_pool(infra.database_url, schema)
+
+
+# Intake's own schema, keys and a worker, for tests of intake's handlers.
+
+
+@pytest.fixture
+def crypto() -> Crypto:
+    return Crypto(PiiCipher([generate_key()]), PersonIndex(generate_key()))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def intake_pool(infra: Infrastructure) -> AsyncIterator[asyncpg.Pool]:
+    _, pool = await fresh_schema(infra, "intake")
+    yield pool
+    await pool.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(intake_pool: asyncpg.Pool) -> asyncpg.Record:
+    async with intake_pool.acquire() as conn:
+        worker_id = await intake_repo.upsert_worker(
+            conn, uuid4(), f"w{uuid4().hex[:6]}@refnet.local", "W", hash_password("x" * 12)
+        )
+        return await intake_repo.worker_by_id(conn, worker_id)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -204,3 +234,10 @@ def receiver() -> Iterator[Receiver]:
     yield state
     server.shutdown()
     server.server_close()
+
+
+async def deliver(deps: Deps, event: Event) -> None:
+    """Hand an event to notifications' consumer as the Kafka consumer would."""
+    await handle_event(
+        deps, Envelope(str(uuid4()), "/tests", event.ce_type, deps.clock.now(), 1, event)
+    )

@@ -5,14 +5,12 @@ release of contact details written to an append-only ledger."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from services.intake import repository as repo
 from services.intake.handlers import (
@@ -28,13 +26,11 @@ from services.intake.handlers import (
     submit_intake,
 )
 from services.intake.models import IntakeRequest
-from services.intake.security import PersonIndex, PiiCipher, generate_key, hash_password
+from services.intake.security import PersonIndex, PiiCipher, generate_key
 from shared.clock import ManualClock
 from shared.events import ReferralStatus, ReferralStatusChanged
-from shared.infra import Infrastructure
 from shared.topics import CONSENT_EVENTS, NEEDS
 from tests.factories import INTAKE_IDENTIFIERS, intake_request
-from tests.integration.conftest import fresh_schema
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
@@ -43,27 +39,6 @@ NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(NOW)
-
-
-@pytest.fixture
-def crypto() -> Crypto:
-    return Crypto(PiiCipher([generate_key()]), PersonIndex(generate_key()))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def intake_pool(infra: Infrastructure) -> AsyncIterator[asyncpg.Pool]:
-    _, pool = await fresh_schema(infra, "intake")
-    yield pool
-    await pool.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(intake_pool: asyncpg.Pool) -> asyncpg.Record:
-    async with intake_pool.acquire() as conn:
-        worker_id = await repo.upsert_worker(
-            conn, uuid4(), f"w{uuid4().hex[:6]}@refnet.local", "W", hash_password("x" * 12)
-        )
-        return await repo.worker_by_id(conn, worker_id)
 
 
 def a_request(**overrides: Any) -> IntakeRequest:

@@ -5,7 +5,6 @@ and audits every call, and a check-in answer of "I need help" reaches the worker
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +13,6 @@ from uuid import UUID, uuid4
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 from fastapi import FastAPI
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import SecretStr, ValidationError
@@ -35,7 +33,7 @@ from services.intake.handlers import (
     submit_intake,
 )
 from services.intake.models import IntakeRequest
-from services.intake.security import PersonIndex, PiiCipher, generate_key, hash_password
+from services.intake.security import generate_key
 from services.intake.settings import IntakeSettings
 from services.intake.tracker import need_view
 from shared.clock import ManualClock
@@ -48,10 +46,8 @@ from shared.events import (
     ReferralStatus,
     ReferralStatusChanged,
 )
-from shared.infra import Infrastructure
 from shared.topics import NEEDS
 from tests.factories import intake_request
-from tests.integration.conftest import fresh_schema
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
@@ -61,27 +57,6 @@ TOKEN = "internal-token-" + "x" * 32
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(NOW)
-
-
-@pytest.fixture
-def crypto() -> Crypto:
-    return Crypto(PiiCipher([generate_key()]), PersonIndex(generate_key()))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def intake_pool(infra: Infrastructure) -> AsyncIterator[asyncpg.Pool]:
-    _, pool = await fresh_schema(infra, "intake")
-    yield pool
-    await pool.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(intake_pool: asyncpg.Pool) -> asyncpg.Record:
-    async with intake_pool.acquire() as conn:
-        worker_id = await repo.upsert_worker(
-            conn, uuid4(), f"w{uuid4().hex[:6]}@refnet.local", "W", hash_password("x" * 12)
-        )
-        return await repo.worker_by_id(conn, worker_id)
 
 
 async def a_need(

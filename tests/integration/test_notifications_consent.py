@@ -10,16 +10,14 @@ from uuid import UUID, uuid4
 import pytest
 
 from services.notifications import repository as repo
-from services.notifications.handlers import Answer, answer_offer, handle_event
+from services.notifications.handlers import Answer, answer_offer
 from services.notifications.scheduler import Deps, run_due_jobs
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
-from shared.cloudevents import Envelope
 from shared.events import (
     ConsentRevoked,
     ContactChannel,
     ContactPreferences,
-    Event,
     NeedCategory,
     NeedSubmitted,
     ReferralStatus,
@@ -27,15 +25,10 @@ from shared.events import (
 )
 from tests.contacts import StaticContactBook
 from tests.factories import need_submitted
+from tests.integration.conftest import deliver
 
 pytestmark = pytest.mark.integration
 AGENCY = "ag-001"
-
-
-async def deliver(deps: Deps, event: Event) -> None:
-    await handle_event(
-        deps, Envelope(str(uuid4()), "/tests", event.ce_type, deps.clock.now(), 1, event)
-    )
 
 
 def status(

@@ -16,7 +16,6 @@ from fastapi import FastAPI
 
 from services.notifications import repository as repo
 from services.notifications import webhooks
-from services.notifications.handlers import handle_event
 from services.notifications.jobs import JobKind
 from services.notifications.links import CHECK_IN, Link
 from services.notifications.pages import router as pages
@@ -24,12 +23,10 @@ from services.notifications.scheduler import Deps, run_due_jobs
 from services.sms_sink import SmsSink
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
-from shared.cloudevents import Envelope
 from shared.events import (
     CheckInAnswer,
     ContactChannel,
     ContactPreferences,
-    Event,
     NeedCategory,
     NeedSubmitted,
     ReferralStatus,
@@ -37,16 +34,10 @@ from shared.events import (
 )
 from tests.contacts import StaticContactBook
 from tests.factories import need_submitted
-from tests.integration.conftest import Receiver
+from tests.integration.conftest import Receiver, deliver
 
 pytestmark = pytest.mark.integration
 AGENCY = "ag-rules"
-
-
-async def deliver(deps: Deps, event: Event) -> None:
-    await handle_event(
-        deps, Envelope(str(uuid4()), "/tests", event.ce_type, deps.clock.now(), 1, event)
-    )
 
 
 async def given_an_accepted_need(
