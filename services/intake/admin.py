@@ -7,8 +7,9 @@ from uuid import uuid4
 
 from services.intake import repository as repo
 from services.intake.handlers import reseal_all
-from services.intake.security import PiiCipher, hash_password, new_api_token
+from services.intake.security import PiiCipher, new_api_token
 from shared.db import create_pool
+from shared.passwords import hash_password
 
 SCHEMA = "intake"
 ROLES = ("intake_worker", "admin")

@@ -19,7 +19,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from services.intake import api, internal_api, routes
 from services.intake import repository as repo
 from services.intake.handlers import STATUS_CONSUMER, Crypto, on_event
-from services.intake.security import PersonIndex, PiiCipher, hash_password
+from services.intake.security import PersonIndex, PiiCipher
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
 from shared.db import create_pool
@@ -32,6 +32,7 @@ from shared.kafka import (
     wait_until_ready,
 )
 from shared.outbox import OutboxRelay
+from shared.passwords import hash_password
 from shared.topics import AFTERCARE, REFERRAL_EVENTS
 
 log = logging.getLogger(__name__)

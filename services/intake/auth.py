@@ -15,12 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.intake import repository as repo
 from services.intake.forms import FormValues
-from services.intake.security import (
-    csrf_matches,
-    new_csrf_token,
-    token_digest,
-    verify_password,
-)
+from services.intake.security import token_digest
+from shared.passwords import csrf_matches, new_csrf_token, verify_password
 
 _bearer = HTTPBearer(auto_error=False, description="A worker API token (`refnet users token`).")
 

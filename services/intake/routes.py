@@ -61,9 +61,9 @@ from services.intake.models import (
     STAGE_LABELS,
     URGENCY_CHOICES,
 )
-from services.intake.security import new_csrf_token
 from services.intake.tracker import SEARCHING, need_view
 from shared.events import ConsentRecipients
+from shared.passwords import new_csrf_token
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["field_id"] = field_id

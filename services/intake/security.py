@@ -1,4 +1,4 @@
-"""Passwords (argon2), CSRF and API tokens, and the person's identifiers encrypted at rest.
+"""API tokens, and the person's identifiers encrypted at rest.
 
 Identifiers are sealed with AES-256-GCM (an AEAD): each ciphertext names the key that made
 it and is bound to its row (the associated data), so a sealed value copied onto another
@@ -19,37 +19,13 @@ from datetime import date
 from typing import Any
 from uuid import UUID
 
-from argon2 import PasswordHasher
-from argon2.exceptions import VerificationError
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-_hasher = PasswordHasher()
-# Verifying against this when the account is unknown keeps login timing uniform.
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
 _FORMAT = b"\x01"
 _NONCE_BYTES = 12
 _KEY_ID_BYTES = 4
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def verify_password(password_hash: str | None, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
-    except VerificationError:
-        return False
-
-
-def new_csrf_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def csrf_matches(expected: str | None, given: str | None) -> bool:
-    return bool(expected and given) and hmac.compare_digest(str(expected), str(given))
 
 
 def new_api_token() -> tuple[str, bytes]:

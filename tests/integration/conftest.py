@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from services.intake import repository as intake_repo
 from services.intake.handlers import Crypto
-from services.intake.security import PersonIndex, PiiCipher, generate_key, hash_password
+from services.intake.security import PersonIndex, PiiCipher, generate_key
 from services.notifications.app import close_deps
 from services.notifications.channels import EmailChannel
 from services.notifications.handlers import handle_event
@@ -33,6 +33,7 @@ from shared.db import create_pool, migrate
 from shared.embedded import free_port
 from shared.events import Event
 from shared.infra import Infrastructure, provision
+from shared.passwords import hash_password
 from tests.contacts import StaticContactBook
 
 SERVICES = Path(__file__).parents[2] / "services"
