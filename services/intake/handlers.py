@@ -356,6 +356,10 @@ class ReleaseRefused(PermissionError):
     pass
 
 
+class ReleaseNotYet(ReleaseRefused):
+    """The agency's acceptance has not reached intake yet: asking again shortly will do."""
+
+
 async def release_contact(
     pool: asyncpg.Pool, crypto: Crypto, clock: Clock, need_id: UUID, agency_id: str
 ) -> dict[str, Any]:
@@ -366,27 +370,14 @@ async def release_contact(
         _check_release(need, agency_id, clock.now())
         assert need is not None
         pii = crypto.cipher.open(need["pii"], need["person_id"])
-        released = {
+        released: dict[str, Any] = {
             "name": pii.get("preferred_name") or pii["legal_given_name"],
             "legal_name": f"{pii['legal_given_name']} {pii['legal_family_name']}",
             "email": pii.get("email"),
             "phone": pii.get("phone"),
             "preferred_channel": need["preferred_channel"],
         }
-        await repo.insert_disclosure(
-            conn,
-            {
-                "disclosure_id": uuid4(),
-                "person_id": need["person_id"],
-                "consent_id": need["consent_id"],
-                "need_id": need_id,
-                "recipient_id": agency_id,
-                "recipient": need["agency_name"] or agency_id,
-                "information": sorted(k for k, v in released.items() if v),
-                "purpose": need["purpose"],
-                "disclosed_at": clock.now(),
-            },
-        )
+        await _record_disclosure(conn, clock, need, agency_id, released)
     return {
         **released,
         "consent_id": need["consent_id"],
@@ -395,7 +386,79 @@ async def release_contact(
     }
 
 
+async def release_to_agency(
+    pool: asyncpg.Pool,
+    crypto: Crypto,
+    clock: Clock,
+    need_id: UUID,
+    agency_id: str,
+    viewer: str,
+) -> dict[str, Any]:
+    """What the accepting agency needs to reach the person, and no more: a name, the address
+    of the channel they chose, their hours. Each release (every view by someone at the
+    agency) is written to the disclosure ledger with who asked, in the reading transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        need = await repo.accepted_need(conn, need_id)
+        _check_release(need, agency_id, clock.now())
+        assert need is not None
+        pii = crypto.cipher.open(need["pii"], need["person_id"])
+        channel = need["preferred_channel"]
+        by_phone = channel in (ContactChannel.SMS, ContactChannel.PHONE)
+        released: dict[str, Any] = {
+            "name": pii.get("preferred_name") or pii["legal_given_name"],
+            "email": pii.get("email") if channel == ContactChannel.EMAIL else None,
+            "phone": pii.get("phone") if by_phone else None,
+        }
+        await _record_disclosure(conn, clock, need, agency_id, released, viewer)
+    return {
+        **released,
+        "preferred_channel": channel,
+        "contact_from": need["contact_from"],
+        "contact_until": need["contact_until"],
+        "consent": {
+            "consent_id": need["consent_id"],
+            "purpose": need["purpose"],
+            "categories": list(need["categories"]),
+            "recipients": need["recipients"],
+            "named_agencies": list(need["named_agencies"] or []),
+            "expires_on": need["expires_on"],
+        },
+        "notice": REDISCLOSURE_NOTICE,
+    }
+
+
+async def _record_disclosure(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    need: asyncpg.Record,
+    agency_id: str,
+    released: dict[str, Any],
+    recipient_user: str | None = None,
+) -> None:
+    await repo.insert_disclosure(
+        conn,
+        {
+            "disclosure_id": uuid4(),
+            "person_id": need["person_id"],
+            "consent_id": need["consent_id"],
+            "need_id": need["need_id"],
+            "recipient_id": agency_id,
+            "recipient": need["agency_name"] or agency_id,
+            "recipient_user": recipient_user,
+            "information": sorted(k for k, v in released.items() if v),
+            "purpose": need["purpose"],
+            "disclosed_at": clock.now(),
+        },
+    )
+
+
+# Statuses before any acceptance: intake may simply not have heard of it yet.
+_BEFORE_ACCEPTANCE = ("submitted", "offered", "declined", "expired")
+
+
 def _check_release(need: asyncpg.Record | None, agency_id: str, now: datetime) -> None:
+    if need is not None and need["status"] in _BEFORE_ACCEPTANCE:
+        raise ReleaseNotYet(f"the need is {need['status']}, not accepted yet")
     if need is None or need["agency_id"] != agency_id:
         raise ReleaseRefused("this agency has not accepted this need")
     if need["status"] not in ("accepted", "in_progress", "on_hold"):

@@ -14,9 +14,13 @@ from pydantic import BaseModel, ConfigDict
 from services.intake.handlers import (
     ContactNotAllowed,
     NotAcceptedYet,
+    ReleaseNotYet,
+    ReleaseRefused,
     UnknownNeed,
     lookup_contact,
+    release_to_agency,
 )
+from shared.internal_api import ContactRelease, ReleasedContact
 
 router = APIRouter(prefix="/internal/v1", include_in_schema=False)
 _bearer = HTTPBearer(auto_error=False)
@@ -79,3 +83,25 @@ async def contact_lookup(request: Request, response: Response, body: ContactLook
     except ContactNotAllowed as refused:
         raise HTTPException(403, str(refused)) from None
     return Contact.model_validate(found)
+
+
+@router.post("/contact-releases", dependencies=[Depends(_internal_caller)])
+async def contact_release(
+    request: Request, response: Response, body: ContactRelease
+) -> ReleasedContact:
+    """Release the person's contact details to the agency that accepted their need, written
+    to the disclosure ledger. 409 while intake has not yet heard of the acceptance (retry);
+    403 when it is not this agency's, or the consent no longer covers it."""
+    state = request.app.state
+    response.headers["Cache-Control"] = "no-store"
+    try:
+        released = await release_to_agency(
+            state.pool, state.crypto, state.clock, body.need_id, body.agency_id, body.viewer
+        )
+    except ReleaseNotYet as refused:
+        raise HTTPException(
+            409, f"{refused}: retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
+    except ReleaseRefused as refused:
+        raise HTTPException(403, str(refused)) from None
+    return ReleasedContact.model_validate(released)

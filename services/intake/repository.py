@@ -391,8 +391,8 @@ async def recent_intakes(
 async def insert_disclosure(conn: asyncpg.Connection, disclosure: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO disclosures (disclosure_id, person_id, consent_id, need_id, recipient_id, "
-        "recipient, information, purpose, disclosed_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "recipient, information, purpose, disclosed_at, recipient_user) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         disclosure["disclosure_id"],
         disclosure["person_id"],
         disclosure["consent_id"],
@@ -402,6 +402,7 @@ async def insert_disclosure(conn: asyncpg.Connection, disclosure: dict[str, Any]
         disclosure["information"],
         disclosure["purpose"],
         disclosure["disclosed_at"],
+        disclosure.get("recipient_user"),
     )
 
 
