@@ -309,6 +309,7 @@ def notifications_settings(smtp_port: int) -> NotificationsSettings:
         mail_from=MAIL_FROM,
         link_secret=LINK_SECRET,  # type: ignore[arg-type]
         internal_api_token=INTERNAL_TOKEN,  # type: ignore[arg-type]
+        inbox_secret_key="bench-inbox-secret-" + "k" * 32,  # type: ignore[arg-type]
         public_url=PUBLIC_URL,
         local_timezone=ZONE,
         scheduler_batch_size=BATCH_SIZE,

@@ -32,6 +32,8 @@ from shared.topics import PLATFORM_TOPICS
 SERVICES = ("intake", "matching", "notifications")
 MIGRATIONS = {name: Path(__file__).parent / name / "migrations" for name in SERVICES}
 DEMO_WORKER_EMAIL = "demo.worker@refnet.local"
+DEMO_AGENCY_USER_EMAIL = "demo.agency@refnet.local"
+DEMO_AGENCY_ID = "ag-001"
 # The local SMS provider's account (a Twilio-style sid; the token is a generated secret).
 SMS_ACCOUNT = "AC" + "0" * 32
 
@@ -156,6 +158,8 @@ class LocalStack:
             "LINK_SECRET": lambda: secrets.token_urlsafe(48),
             "INTERNAL_API_TOKEN": lambda: secrets.token_urlsafe(48),
             "SMS_AUTH_TOKEN": lambda: secrets.token_urlsafe(24),
+            "INBOX_SECRET_KEY": lambda: secrets.token_urlsafe(48),
+            "DEMO_AGENCY_USER_PASSWORD": lambda: secrets.token_urlsafe(12),
         }
         values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         # A run directory from an older version gains the secrets added since.
@@ -178,6 +182,8 @@ class LocalStack:
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.ports.smtp),
             "DEMO_WORKER_EMAIL": DEMO_WORKER_EMAIL,
+            "DEMO_AGENCY_ID": DEMO_AGENCY_ID,
+            "DEMO_AGENCY_USER_EMAIL": DEMO_AGENCY_USER_EMAIL,
             "FAUST_DATADIR": str(self.run_dir / "matching-data"),
             "PUBLIC_URL": self.agency_api_url,
             "INTAKE_INTERNAL_URL": self.intake_url,

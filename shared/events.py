@@ -369,6 +369,9 @@ class ReferralStatusChanged(Event):
     respond_by: AwareDatetime | None = None
     reason: str | None = None
     excluded: tuple[ExcludedAgency, ...] = ()
+    # On the change that makes an offer: the offer exactly as the agency's topic carries it
+    # (de-identified), so the agency API and inbox can show what the agency decides on.
+    offer: ReferralOffered | None = None
 
 
 # ReferralStatusChanged.reason when matching cancels a referral because its consent was

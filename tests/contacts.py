@@ -7,6 +7,7 @@ the addresses notifications would be given sit in a dict, and every lookup is co
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from services.notifications.contacts import Contact, ContactRefused
@@ -31,6 +32,13 @@ class StaticContactBook:
         if need_id not in self.contacts:
             raise ContactRefused("intake 404: unknown need", permanent=False)
         return self.contacts[need_id]
+
+    async def release(self, need_id: UUID, agency_id: str, viewer: str) -> dict[str, Any]:
+        self.lookups.append((need_id, f"release to {agency_id} for {viewer}"))
+        if need_id in self.refusals:
+            raise self.refusals[need_id]
+        contact = self.contacts[need_id]
+        return {"name": contact.name, "preferred_channel": contact.channel}
 
     async def close(self) -> None:
         return None

@@ -348,8 +348,9 @@ async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any])
         await repo.insert_offer(conn, offer)
         await repo.reserve_place(conn, candidate.service.service_id)
         _point_at(ref, offer)
-        await _enqueue(conn, deps, agency_offers(offer["agency_id"]), _offer(ref, candidate))
-        await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+        offered = _offer(ref, candidate)
+        await _enqueue(conn, deps, agency_offers(offer["agency_id"]), offered)
+        await _emit_status(conn, deps, ref, ReferralStatus.OFFERED, offer=offered)
 
 
 async def rank_candidates(conn: asyncpg.Connection, deps: Deps, need: NeedView) -> Ranking:

@@ -3,8 +3,9 @@ the agency's API key; an agency sees and answers only its own offers."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -13,15 +14,31 @@ from pydantic import BaseModel, Field, field_validator
 
 from services.notifications import repository as repo
 from services.notifications import webhooks
+from services.notifications.agency import (
+    NotReleasedYet,
+    NotTakenOn,
+    NotYours,
+    offer_of,
+    view_contact,
+)
+from services.notifications.fhir import ReferralRecord, referral_bundle
 from services.notifications.handlers import (
     Answer,
     Deps,
     agency_for_key,
     answer_offer,
+    hash_api_key,
     report_capacity,
     report_outcome,
 )
-from shared.events import CapacityStatus, CapacityUpdated, DeclineReason, Outcome
+from shared.events import (
+    CapacityStatus,
+    CapacityUpdated,
+    DeclineReason,
+    Outcome,
+    ReferralOffered,
+)
+from shared.internal_api import ReleasedContact
 
 router = APIRouter(prefix="/agency/v1", tags=["agency"])
 _bearer = HTTPBearer(auto_error=False)
@@ -41,6 +58,8 @@ async def _agency(
     agency_id = await agency_for_key(_deps(request).pool, credentials.credentials)
     if agency_id is None:
         raise HTTPException(401, "This API key is unknown or revoked.")
+    # Who asked, for the logs of contact views: the key's fingerprint, never the key.
+    request.state.viewer = f"api-key:{hash_api_key(credentials.credentials)[:8]}"
     return agency_id
 
 
@@ -70,6 +89,24 @@ class OfferStatusPublic(BaseModel):
     # open, answered (your answer is on its way to matching), placed (another agency
     # accepted first) or closed (expired, withdrawn, or the referral moved on)
     status: str
+    stage: str = Field(
+        description="Where the referral stands for your agency: offered, accepted, declined, "
+        "expired, placed_elsewhere, cancelled, completed or failed."
+    )
+    stage_reason: str | None = None
+    offer: ReferralOffered | None = Field(
+        default=None, description="The offer as your topic carried it (de-identified)."
+    )
+
+
+def _offer_status(row: Any) -> OfferStatusPublic:
+    return OfferStatusPublic(
+        **{
+            k: row[k]
+            for k in ("offer_id", "need_id", "respond_by", "status", "stage", "stage_reason")
+        },
+        offer=ReferralOffered.model_validate(row["details"]) if row["details"] else None,
+    )
 
 
 class CapacityBody(BaseModel):
@@ -118,13 +155,89 @@ async def decline_offer(
     return await _answer(deps, agency_id, offer_id, body.reason)
 
 
-@router.get("/offers/{offer_id}")
+@router.get("/offers/{offer_id}", responses={404: {"description": "Not your offer."}})
 async def offer_status(offer_id: UUID, agency_id: AgencyId, deps: AppDeps) -> OfferStatusPublic:
+    try:
+        row = await offer_of(deps.pool, agency_id, offer_id)
+    except NotYours as missing:
+        raise HTTPException(404, str(missing)) from None
+    return _offer_status(row)
+
+
+@router.get("/referrals")
+async def list_referrals(
+    agency_id: AgencyId,
+    deps: AppDeps,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[OfferStatusPublic]:
+    """Every offer made to your agency, newest first, with where its referral stands."""
     async with deps.pool.acquire() as conn:
-        row = await repo.agency_offer(conn, agency_id, offer_id)
-    if row is None:
-        raise HTTPException(404, f"No offer {offer_id} for agency {agency_id}.")
-    return OfferStatusPublic(**{k: row[k] for k in ("offer_id", "need_id", "respond_by", "status")})
+        rows = await repo.agency_referrals(conn, agency_id, limit)
+    return [_offer_status(row) for row in rows]
+
+
+@router.get(
+    "/offers/{offer_id}/contact",
+    responses={
+        403: {"description": "Your agency has not taken this person on."},
+        404: {"description": "Not your offer."},
+        409: {"description": "Your acceptance is still being confirmed: retry shortly."},
+    },
+)
+async def contact_details(
+    offer_id: UUID, request: Request, response: Response, agency_id: AgencyId, deps: AppDeps
+) -> ReleasedContact:
+    """The person's contact details, only for a referral your agency accepted. Each call is
+    a disclosure under 42 CFR Part 2: it is recorded, and the notice and the consent's scope
+    come with the details. Do not store or pass them on beyond what the consent allows."""
+    response.headers["Cache-Control"] = "no-store"
+    try:
+        released = await view_contact(deps, agency_id, offer_id, request.state.viewer)
+    except NotYours as missing:
+        raise HTTPException(404, str(missing)) from None
+    except NotTakenOn as refused:
+        raise HTTPException(403, str(refused)) from None
+    except NotReleasedYet as later:
+        raise HTTPException(409, str(later), headers={"Retry-After": "5"}) from None
+    return ReleasedContact.model_validate(released)
+
+
+@router.get(
+    "/offers/{offer_id}/fhir",
+    responses={
+        200: {"content": {"application/fhir+json": {}}},
+        404: {"description": "Not your offer."},
+    },
+)
+async def offer_as_fhir(offer_id: UUID, agency_id: AgencyId, deps: AppDeps) -> Response:
+    """The referral as an HL7 FHIR R4 Bundle: a ServiceRequest and the Task for your agency,
+    statuses mapped as the SDOH Clinical Care IG does (docs/fhir.md). De-identified: the
+    person's contact details come only from the contact endpoint."""
+    try:
+        row = await offer_of(deps.pool, agency_id, offer_id)
+    except NotYours as missing:
+        raise HTTPException(404, str(missing)) from None
+    bundle = referral_bundle(_fhir_record(row), deps.settings.public_url)
+    return Response(json.dumps(bundle), media_type="application/fhir+json")
+
+
+def _fhir_record(row: Any) -> ReferralRecord:
+    details = row["details"] or {}
+    return ReferralRecord(
+        need_id=row["need_id"],
+        offer_id=row["offer_id"],
+        agency_id=row["agency_id"],
+        agency_name=row["agency_name"],
+        attempt=details.get("attempt", 1),
+        category=details.get("category", "case-management"),
+        urgency=details.get("urgency", "routine"),
+        postal_code=details.get("postal_code", ""),
+        offered_at=row["offered_at"] or row["updated_at"],
+        respond_by=row["respond_by"],
+        status=row["stage"],
+        reason=row["stage_reason"],
+        updated_at=row["stage_at"] or row["updated_at"],
+    )
 
 
 class OutcomeBody(BaseModel):

@@ -12,11 +12,15 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from starlette.middleware.sessions import SessionMiddleware
 
+from services.notifications.accounts import ensure_demo_user
 from services.notifications.api import router
 from services.notifications.channels import EmailChannel
 from services.notifications.contacts import IntakeContactBook
 from services.notifications.handlers import CONSUMER, handle_event
+from services.notifications.inbox import router as inbox
 from services.notifications.links import Links
 from services.notifications.pages import router as pages
 from services.notifications.scheduler import Deps, run_scheduler
@@ -85,6 +89,8 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         assert pool is not None
         deps = build_deps(pool, clock, settings)
         app.state.deps = deps
+        if settings.is_local and settings.demo_agency_user_password:
+            await ensure_demo_user(pool, settings)
         producer = make_producer(settings, "notifications")
         await wait_until_ready("Kafka producer", producer.start)
         topics = [NEEDS, REFERRAL_EVENTS, CONSENT_EVENTS]
@@ -118,8 +124,21 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
             await pool.close()
 
     app = FastAPI(title="refnet agency API", version="1", lifespan=lifespan)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.inbox_secret_key.get_secret_value(),
+        session_cookie="refnet_inbox",
+        max_age=settings.inbox_session_max_age_s,
+        same_site="strict",
+        https_only=not settings.is_local,
+    )
     app.include_router(router)
     app.include_router(pages)
+    app.include_router(inbox)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/inbox", status_code=303)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -8,12 +8,13 @@ lookup. A refusal says whether asking again later can help.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import httpx
 
 LOOKUP_PATH = "/internal/v1/contact-lookups"
+RELEASE_PATH = "/internal/v1/contact-releases"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ContactRefused(Exception):
 
 class ContactBook(Protocol):
     async def contact_for(self, need_id: UUID, purpose: str) -> Contact: ...
+
+    async def release(self, need_id: UUID, agency_id: str, viewer: str) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 
@@ -63,6 +66,22 @@ class IntakeContactBook:
         # 404 and 409: intake has not (yet) seen the need or its acceptance.
         permanent = response.status_code in (401, 403)
         raise ContactRefused(f"intake {response.status_code}: {detail}", permanent=permanent)
+
+    async def release(self, need_id: UUID, agency_id: str, viewer: str) -> dict[str, Any]:
+        """The person's contact details for the agency that accepted them, as intake
+        releases them (with the Part 2 notice and consent scope) and records the disclosure.
+        Nothing here keeps them: every view asks again, and is recorded again."""
+        body = {"need_id": str(need_id), "agency_id": agency_id, "viewer": viewer}
+        try:
+            response = await self._client.post(RELEASE_PATH, json=body)
+        except httpx.HTTPError as exc:
+            raise ContactRefused(f"intake unreachable: {exc!r}", permanent=False) from exc
+        if response.status_code == 200:
+            released: dict[str, Any] = response.json()
+            return released
+        # 409: intake has not yet applied the acceptance; anything else is a refusal.
+        permanent = response.status_code != 409
+        raise ContactRefused(_detail(response), permanent=permanent)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -73,8 +73,13 @@ async def _stop_for_revoked_consent(
     log.info("consent %s revoked: jobs of %d need(s) cancelled", revoked.consent_id, len(need_ids))
 
 
-async def _stop_following(conn: asyncpg.Connection, deps: Deps, need_ids: list[UUID]) -> None:
-    await repo.close_offers(conn, need_ids, deps.clock.now())
+async def _stop_following(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    need_ids: list[UUID],
+    reason: str | None = CANCELLED_CONSENT_REVOKED,
+) -> None:
+    await repo.close_offers(conn, need_ids, deps.clock.now(), reason)
     await repo.cancel_need_jobs(conn, need_ids)
 
 
@@ -98,7 +103,15 @@ async def _offered(
     assert offer_id and agency_id and respond_by
     now = deps.clock.now()
     await repo.track_offer(
-        conn, offer_id, change.need_id, agency_id, change.agency_name, respond_by, now
+        conn,
+        offer_id,
+        change.need_id,
+        agency_id,
+        change.agency_name,
+        respond_by,
+        now,
+        details=change.offer.model_dump(mode="json") if change.offer else None,
+        offered_at=change.occurred_at,
     )
     await _job(conn, JobKind.OFFER_DEADLINE, change.need_id, respond_by, offer_id=offer_id)
     if need is not None and await repo.first_offer(conn, change.need_id, change.occurred_at):
@@ -134,6 +147,8 @@ async def _declined_or_expired(
     conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
 ) -> None:
     await _offer_closed(conn, deps, change)
+    if change.offer_id is not None:
+        await repo.set_stage(conn, change.offer_id, change.status, change.reason, deps.clock.now())
     about = About.DECLINED if change.status == ReferralStatus.DECLINED else About.EXPIRED
     await _tell_worker(conn, change, about, deps.clock.now(), key=change.offer_id)
 
@@ -145,6 +160,7 @@ async def _accepted(
     assert offer_id and agency_id
     now = deps.clock.now()
     await _offer_closed(conn, deps, change)
+    await repo.set_stage(conn, offer_id, ReferralStatus.ACCEPTED, None, now)
     # Others asked at the same time (an urgent fan-out) can no longer take the person.
     for other in await repo.close_others_as_placed(conn, change.need_id, offer_id, now):
         await repo.cancel_jobs(conn, offer_id=other, kind=JobKind.OFFER_DEADLINE)
@@ -220,7 +236,7 @@ async def _unmatched(
 async def _cancelled(
     conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
 ) -> None:
-    await _stop_following(conn, deps, [change.need_id])
+    await _stop_following(conn, deps, [change.need_id], change.reason)
     # A revocation is recorded by the worker in intake: they know already.
     if change.reason != CANCELLED_CONSENT_REVOKED:
         await _tell_worker(conn, change, About.CANCELLED, deps.clock.now())
@@ -232,6 +248,7 @@ async def _ended(
     """Completed or failed: the outcome is in, so the request for it is not needed."""
     if change.offer_id is not None:
         await repo.cancel_jobs(conn, offer_id=change.offer_id, kind=JobKind.AGENCY_WEBHOOK)
+        await repo.set_stage(conn, change.offer_id, change.status, change.reason, deps.clock.now())
     if change.status == ReferralStatus.FAILED:
         await _tell_worker(conn, change, About.FAILED, deps.clock.now())
 

@@ -10,6 +10,9 @@ import asyncpg
 
 from shared.events import ConsentRevoked, NeedSubmitted
 
+# Stages in which an agency holds a referral: its offer is open, or it took the person on.
+HELD_STAGES = ("offered", "accepted", "in_progress", "on_hold")
+
 
 async def remember_referrer(conn: asyncpg.Connection, need: NeedSubmitted) -> None:
     contact = need.contact
@@ -130,15 +133,35 @@ async def track_offer(
     agency_name: str | None,
     respond_by: datetime,
     at: datetime,
+    *,
+    details: dict[str, Any] | None = None,
+    offered_at: datetime | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO offers (offer_id, need_id, agency_id, agency_name, respond_by, status, "
-        "updated_at) VALUES ($1, $2, $3, $4, $5, 'open', $6) ON CONFLICT DO NOTHING",
+        "updated_at, details, offered_at, stage, stage_at) "
+        "VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, 'offered', $6) "
+        "ON CONFLICT (offer_id) DO UPDATE SET details = coalesce(offers.details, $7)",
         offer_id,
         need_id,
         agency_id,
         agency_name,
         respond_by,
+        at,
+        details,
+        offered_at or at,
+    )
+
+
+async def set_stage(
+    conn: asyncpg.Connection, offer_id: UUID, stage: str, reason: str | None, at: datetime
+) -> None:
+    """Where the referral now stands for the agency this offer went to."""
+    await conn.execute(
+        "UPDATE offers SET stage = $2, stage_reason = $3, stage_at = $4 WHERE offer_id = $1",
+        offer_id,
+        stage,
+        reason,
         at,
     )
 
@@ -162,13 +185,24 @@ async def set_offer_status(
     return bool(result != "UPDATE 0")
 
 
-async def close_offers(conn: asyncpg.Connection, need_ids: list[UUID], at: datetime) -> None:
-    """Close the needs' offers, so the HTTP API neither lists nor takes answers to them."""
+async def close_offers(
+    conn: asyncpg.Connection, need_ids: list[UUID], at: datetime, reason: str | None
+) -> None:
+    """Close the needs' offers, so the HTTP API neither lists nor takes answers to them; an
+    agency still holding one (offered or taken on) sees it cancelled."""
     await conn.execute(
         "UPDATE offers SET status = 'closed', updated_at = $2 "
         "WHERE need_id = ANY($1::uuid[]) AND status <> 'closed'",
         need_ids,
         at,
+    )
+    await conn.execute(
+        "UPDATE offers SET stage = 'cancelled', stage_reason = $3, stage_at = $2 "
+        "WHERE need_id = ANY($1::uuid[]) AND stage = ANY($4::text[])",
+        need_ids,
+        at,
+        reason,
+        list(HELD_STAGES),
     )
 
 
@@ -178,8 +212,8 @@ async def close_others_as_placed(
     """The need is placed: every other offer of it is closed, and an answer to one of them
     is told so. Returns the offers closed."""
     rows = await conn.fetch(
-        "UPDATE offers SET status = 'placed', updated_at = $3 "
-        "WHERE need_id = $1 AND offer_id <> $2 AND status IN ('open', 'answered') "
+        "UPDATE offers SET status = 'placed', updated_at = $3, stage = 'placed_elsewhere', "
+        "stage_at = $3 WHERE need_id = $1 AND offer_id <> $2 AND status IN ('open', 'answered') "
         "RETURNING offer_id",
         need_id,
         accepted_offer_id,
@@ -403,4 +437,42 @@ async def cancel_job(conn: asyncpg.Connection, job_id: UUID) -> None:
     await conn.execute(
         "UPDATE scheduled_jobs SET status = 'cancelled' WHERE job_id = $1 AND status = 'pending'",
         job_id,
+    )
+
+
+# --- the agency's view of its referrals (API and inbox) ------------------------------------
+
+
+async def agency_referrals(
+    conn: asyncpg.Connection, agency_id: str, limit: int = 100
+) -> list[asyncpg.Record]:
+    """The agency's offers, newest first: open ones, those it took on, and what became of
+    the rest."""
+    return list(
+        await conn.fetch(
+            "SELECT * FROM offers WHERE agency_id = $1 "
+            "ORDER BY coalesce(offered_at, updated_at) DESC LIMIT $2",
+            agency_id,
+            limit,
+        )
+    )
+
+
+async def log_contact_view(conn: asyncpg.Connection, view: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO contact_views (view_id, agency_id, viewer, offer_id, need_id, shown, "
+        "reason, viewed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        *(
+            view[k]
+            for k in (
+                "view_id",
+                "agency_id",
+                "viewer",
+                "offer_id",
+                "need_id",
+                "shown",
+                "reason",
+                "viewed_at",
+            )
+        ),
     )

@@ -19,6 +19,18 @@ class NotificationsSettings(BaseServiceSettings):
     # How long a check-in or outcome link stays usable.
     link_max_age_days: int = 14
 
+    # --- the agency web inbox ---
+    # Signs the inbox's session cookies; 32+ characters, its own (not intake's SECRET_KEY).
+    inbox_secret_key: SecretStr = Field(min_length=32)
+    inbox_session_max_age_s: int = 8 * 3600
+    login_window_s: int = 15 * 60
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_address: int = 20
+    # Local runs only: a demo agency user for this agency, with this password.
+    demo_agency_id: str = "ag-001"
+    demo_agency_user_email: str = "demo.agency@refnet.local"
+    demo_agency_user_password: SecretStr | None = None
+
     # --- email (SMTP) ---
     smtp_host: str
     smtp_port: int = 25
@@ -87,7 +99,7 @@ class NotificationsSettings(BaseServiceSettings):
 
     @model_validator(mode="after")
     def _no_placeholder_secret_outside_local(self) -> NotificationsSettings:
-        for name in ("link_secret", "internal_api_token"):
+        for name in ("link_secret", "internal_api_token", "inbox_secret_key"):
             value = getattr(self, name).get_secret_value().lower()
             if not self.is_local and "change-me" in value:
                 raise ValueError(

@@ -143,6 +143,7 @@ def notifications_settings(
         "sms_from": "+15035550100",
         "link_secret": "l" * 40,
         "internal_api_token": "i" * 40,
+        "inbox_secret_key": "k" * 40,
         "public_url": "http://notifications.test",
         "local_timezone": "America/Los_Angeles",
         **overrides,

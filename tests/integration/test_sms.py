@@ -210,6 +210,7 @@ def test_from_settings() -> None:
         "smtp_host": "127.0.0.1",
         "link_secret": "s" * 32,
         "internal_api_token": "t" * 32,
+        "inbox_secret_key": "k" * 32,
     }
     assert SmsChannel.from_settings(NotificationsSettings(**base)) is None
 
