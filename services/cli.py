@@ -10,8 +10,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from uuid import uuid4
+
+if TYPE_CHECKING:
+    from shared.kafka_acls import AdminTarget as KafkaAdminTarget
+    from shared.settings import BaseServiceSettings
 
 RUN_DIR = Path(".refnet")
 
@@ -25,15 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         commands.add_parser(name, help=f"run the {name} service in the foreground")
     commands.add_parser("migrate", help="apply every service's database migrations")
     commands.add_parser("topics", help="create the refnet topics and their DLQs")
-    agency = commands.add_parser("agency", help="partner agency tools").add_subparsers(
-        dest="agency_command", required=True
-    )
-    listen = agency.add_parser("listen", help="print (and optionally accept) an agency's offers")
-    listen.add_argument("agency_id")
-    listen.add_argument("--accept", action="store_true", help="accept every offer received")
-    listen.add_argument("--max-offers", type=int, default=None, help="exit after this many")
-    key = agency.add_parser("key", help="issue an API key for the agency HTTP API")
-    key.add_argument("agency_id")
+    _add_agency_commands(commands)
     _add_user_commands(commands)
     _add_directory_commands(commands)
     _add_webhook_commands(commands)
@@ -59,10 +55,376 @@ def main(argv: list[str] | None = None) -> None:
         _directory(args)
     elif args.command == "webhooks":
         _webhooks(args)
-    elif args.agency_command == "listen":
+    elif args.command == "agency":
+        _agency(args)
+
+
+def _add_agency_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    agency = commands.add_parser(
+        "agency", help="partner agencies: onboarding, API keys, inbox users, Kafka access"
+    ).add_subparsers(dest="agency_command", required=True)
+    listen = agency.add_parser("listen", help="print (and optionally accept) an agency's offers")
+    listen.add_argument("agency_id")
+    listen.add_argument("--accept", action="store_true", help="accept every offer received")
+    listen.add_argument("--max-offers", type=int, default=None, help="exit after this many")
+    key = agency.add_parser("key", help="issue an API key for the agency HTTP API")
+    key.add_argument("agency_id")
+    _add_agency_add_command(agency)
+    keys = agency.add_parser("keys", help="list an agency's API keys by fingerprint")
+    keys.add_argument("agency_id")
+    rotate = agency.add_parser(
+        "rotate-key", help="issue a new API key and revoke the agency's older ones"
+    )
+    rotate.add_argument("agency_id")
+    rotate.add_argument(
+        "--keep-old",
+        action="store_true",
+        help="leave the older keys working (a grace period): revoke them later with revoke-key",
+    )
+    revoke = agency.add_parser("revoke-key", help="revoke one of an agency's API keys, or all")
+    revoke.add_argument("agency_id")
+    revoke.add_argument("fingerprint", nargs="?", help="as `refnet agency keys` shows it")
+    revoke.add_argument("--all", action="store_true", help="revoke every active key")
+    kafka = agency.add_parser(
+        "kafka-access",
+        help="print the commands giving an agency a new Kafka password and its ACLs",
+    )
+    kafka.add_argument("agency_id")
+    kafka.add_argument(
+        "--revoke", action="store_true", help="print the commands removing them instead"
+    )
+    users = agency.add_parser("user", help="agency staff accounts for the web inbox")
+    user = users.add_subparsers(dest="agency_user_command", required=True)
+    user_add = user.add_parser("add", help="add an agency user, or reset one's password")
+    user_add.add_argument("agency_id")
+    user_add.add_argument("email")
+    user_add.add_argument("--name", required=True, help="the person's full name")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    user_disable = user.add_parser("disable", help="stop an agency user logging in")
+    user_disable.add_argument("email")
+
+
+def _add_agency_add_command(agency: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    add = agency.add_parser(
+        "add",
+        help="add an agency to the directory (or update it) and issue its credentials",
+        description="Add one agency to the directory, or replace its entry, keeping every "
+        "other agency; create its offers topic; issue an API key if it has none (or with "
+        "--new-key), and then also print its Kafka credentials. Describe the agency with an "
+        "HSDS package (as `refnet directory import` reads) or with the options below.",
+    )
+    add.add_argument(
+        "package", nargs="?", type=Path, help="an HSDS package (CSV directory or .json)"
+    )
+    add.add_argument(
+        "--organization", metavar="ID", help="the organization to take from the package"
+    )
+    fields = add.add_argument_group("or describe the agency (one service per category)")
+    fields.add_argument("--id", dest="agency_id", help="e.g. ag-040; names its Kafka topic")
+    fields.add_argument("--name")
+    fields.add_argument("--description")
+    fields.add_argument("--email")
+    fields.add_argument("--website")
+    fields.add_argument(
+        "--category", action="append", default=[], help="a need category it serves (repeat)"
+    )
+    fields.add_argument(
+        "--postal-code", action="append", default=[], help="a ZIP code it serves (repeat)"
+    )
+    fields.add_argument("--county", action="append", default=[], help="a county it serves")
+    fields.add_argument(
+        "--language", action="append", default=[], help="ISO 639 code (repeat; default en)"
+    )
+    fields.add_argument("--minimum-age", type=int)
+    fields.add_argument("--maximum-age", type=int)
+    fields.add_argument(
+        "--mat-friendly",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accepts people on medication-assisted treatment",
+    )
+    fields.add_argument(
+        "--insurance", action="append", default=[], help="medicaid, medicare, private or none"
+    )
+    fields.add_argument("--latitude", type=float, help="of its office")
+    fields.add_argument("--longitude", type=float, help="of its office")
+    fields.add_argument("--radius-km", type=float, help="serves this far around its office")
+    creds = add.add_argument_group("credentials")
+    creds.add_argument(
+        "--new-key",
+        action="store_true",
+        help="issue an API key even if the agency has one (its other keys keep working)",
+    )
+    creds.add_argument("--no-kafka", action="store_true", help="print no Kafka credentials")
+
+
+_AGENCY_FIELD_OPTIONS = (
+    "agency_id", "name", "description", "email", "website", "category", "postal_code", "county",
+    "language", "minimum_age", "maximum_age", "mat_friendly", "insurance", "latitude",
+    "longitude", "radius_km",
+)  # fmt: skip
+
+
+def _agency(args: argparse.Namespace) -> None:
+    command = args.agency_command
+    if command == "listen":
         asyncio.run(_listen(args.agency_id, args.accept, args.max_offers))
-    elif args.agency_command == "key":
+    elif command == "key":
         print(asyncio.run(_issue_key(args.agency_id)))
+    elif command == "add":
+        _agency_add(args)
+    elif command in ("keys", "rotate-key", "revoke-key"):
+        _agency_keys(args)
+    elif command == "kafka-access":
+        _validate_agency_id("kafka-access", args.agency_id)
+        if args.revoke:
+            print(_kafka_revoke_text(args.agency_id), end="")
+        else:
+            print(_kafka_access_text(args.agency_id), end="")
+    elif command == "user":
+        _agency_user(args)
+
+
+def _validate_agency_id(command: str, agency_id: str) -> None:
+    from shared.topics import agency_offers
+
+    try:
+        agency_offers(agency_id)
+    except ValueError as exc:
+        sys.exit(f"refnet agency {command}: {exc}")
+
+
+def _agency_add(args: argparse.Namespace) -> None:
+    from services.matching.directory import admin
+    from services.matching.directory.package import PackageInvalid
+    from services.notifications.agency_keys import fingerprint
+    from shared.topics import AGENCIES
+
+    given = [name for name in _AGENCY_FIELD_OPTIONS if getattr(args, name) not in (None, [])]
+    if args.package is not None and given:
+        sys.exit("refnet agency add: describe the agency with a package or with options, not both")
+    if args.package is None and args.organization:
+        sys.exit("refnet agency add: --organization picks from a package; give its path too")
+    if args.package is None and not given:
+        sys.exit("refnet agency add: give an HSDS package, or --id, --name, --category and an area")
+    try:
+        if args.package is not None:
+            agency = admin.organization_from_package(args.package, args.organization)
+        else:
+            agency = admin.package_from_fields(
+                admin.AgencyFields(
+                    agency_id=args.agency_id or "",
+                    name=args.name or "",
+                    categories=args.category,
+                    postal_codes=args.postal_code,
+                    counties=args.county,
+                    languages=args.language or ["en"],
+                    email=args.email,
+                    website=args.website,
+                    description=args.description,
+                    minimum_age=args.minimum_age,
+                    maximum_age=args.maximum_age,
+                    mat_friendly=args.mat_friendly,
+                    insurance=args.insurance,
+                    latitude=args.latitude,
+                    longitude=args.longitude,
+                    radius_km=args.radius_km,
+                )
+            )
+        result = asyncio.run(admin.add_agency(_directory_settings(), agency))
+    except PackageInvalid as exc:
+        print("refnet agency add: the agency was not added:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        sys.exit(2)
+    agency_id = result.agency_id
+    verb = "updated in" if result.added.replaced else "added to"
+    change = (
+        f"its profile is published to {AGENCIES.name}"
+        if result.published
+        else "its profile is unchanged, nothing published"
+    )
+    revision = result.added.result.revision
+    print(f"agency {agency_id} {verb} the directory (revision {revision}; {change})")
+    print(f"offers topic {result.topic} {'created' if result.topic_created else 'exists'}")
+    key, active = asyncio.run(_onboarding_key(agency_id, args.new_key))
+    if key is None:
+        print(
+            f"API key: {agency_id} already has {active} active key(s), so none was issued "
+            f"(--new-key issues another; `refnet agency rotate-key {agency_id}` replaces them)"
+        )
+    else:
+        print(
+            f"\nAPI key for the agency HTTP API (shown once, stored hashed; "
+            f"fingerprint {fingerprint(key)}):\n  {key}"
+        )
+    if args.no_kafka:
+        return
+    if active == 0:
+        print()
+        print(_kafka_access_text(agency_id), end="")
+    else:
+        print(
+            f"Kafka credentials: not issued again; `refnet agency kafka-access {agency_id}` "
+            "sets a new password"
+        )
+
+
+def _directory_settings() -> BaseServiceSettings:
+    from services.matching.directory import admin
+
+    return admin.Connection(
+        database_url=_setting("DATABASE_URL"),
+        kafka_bootstrap_servers=_setting("KAFKA_BOOTSTRAP_SERVERS"),
+        kafka_partitions=int(_setting("KAFKA_PARTITIONS", "3")),
+    )
+
+
+async def _onboarding_key(agency_id: str, force: bool) -> tuple[str | None, int]:
+    """A new API key when the agency has no active one (or ``force``), and how many active
+    keys it had."""
+    from services.notifications import agency_keys
+    from shared.db import create_pool
+
+    pool = await create_pool(_setting("DATABASE_URL"), "notifications", max_size=1)
+    try:
+        active = await agency_keys.active_count(pool, agency_id)
+        key = await agency_keys.issue(pool, agency_id) if force or active == 0 else None
+        return key, active
+    finally:
+        await pool.close()
+
+
+def _agency_keys(args: argparse.Namespace) -> None:
+    from services.notifications.agency_keys import KeyProblem
+
+    command = args.agency_command
+    _validate_agency_id(command, args.agency_id)
+    if command == "revoke-key" and bool(args.fingerprint) == bool(args.all):
+        sys.exit("refnet agency revoke-key: give a key fingerprint or --all (not both)")
+    try:
+        asyncio.run(_keys_command(args))
+    except KeyProblem as exc:
+        sys.exit(f"refnet agency {command}: {exc}")
+
+
+async def _keys_command(args: argparse.Namespace) -> None:
+    from services.notifications import agency_keys
+    from shared.db import create_pool
+
+    agency_id = args.agency_id
+    pool = await create_pool(_setting("DATABASE_URL"), "notifications", max_size=1)
+    try:
+        if args.agency_command == "keys":
+            found = await agency_keys.list_keys(pool, agency_id)
+            if not found:
+                print(f"agency {agency_id} has no API keys")
+                return
+            print(f"{'fingerprint':<12} {'created':<26} revoked")
+            for listed in found:
+                created = listed.created_at.isoformat(timespec="seconds")
+                gone = listed.revoked_at
+                revoked_at = gone.isoformat(timespec="seconds") if gone else "-"
+                print(f"{listed.fingerprint:<12} {created:<26} {revoked_at}")
+        elif args.agency_command == "rotate-key":
+            key, revoked = await agency_keys.rotate(pool, agency_id, keep_old=args.keep_old)
+            print(key)  # alone on stdout, so KEY=$(refnet agency rotate-key ...) works
+            if args.keep_old:
+                note = "its older keys keep working until revoked"
+            else:
+                note = f"revoked {len(revoked)} older key(s): {', '.join(revoked) or 'none'}"
+            new = agency_keys.fingerprint(key)
+            print(f"new key {new} for {agency_id}; {note}", file=sys.stderr)
+        elif args.all:
+            revoked = await agency_keys.revoke_all(pool, agency_id)
+            print(f"revoked {len(revoked)} key(s) of {agency_id}: {', '.join(revoked) or 'none'}")
+        else:
+            done = await agency_keys.revoke(pool, agency_id, args.fingerprint)
+            print(f"revoked key {done} of {agency_id}")
+    finally:
+        await pool.close()
+
+
+def _kafka_target() -> KafkaAdminTarget:
+    from shared.kafka_acls import DEFAULT_ADMIN_BOOTSTRAP, DEFAULT_ADMIN_CONFIG, AdminTarget
+
+    return AdminTarget(
+        bootstrap_server=_setting("KAFKA_ADMIN_BOOTSTRAP_SERVER", DEFAULT_ADMIN_BOOTSTRAP),
+        command_config=_setting("KAFKA_ADMIN_CONFIG", DEFAULT_ADMIN_CONFIG),
+    )
+
+
+def _kafka_access_text(agency_id: str) -> str:
+    """A new Kafka password for the agency (shown once) and the commands that set it and
+    the agency's ACLs on the production broker."""
+    from shared import kafka_acls
+    from shared.topics import OFFER_RESPONSES, agency_offers
+
+    password = kafka_acls.new_password()
+    target = _kafka_target()
+    bootstrap = _setting("KAFKA_AGENCY_BOOTSTRAP_SERVERS", "") or (
+        "(the broker's listener for agencies; set KAFKA_AGENCY_BOOTSTRAP_SERVERS)"
+    )
+    script = kafka_acls.render_grant_script(agency_id, password, target)
+    service = kafka_acls.COMPOSE_SERVICE
+    return f"""Kafka credentials for {agency_id} (shown once; send them to the agency securely):
+  user            {kafka_acls.username(agency_id)}
+  password        {password}
+  mechanism       {kafka_acls.SCRAM_MECHANISM} (security.protocol SASL_SSL)
+  bootstrap       {bootstrap}
+  reads           {agency_offers(agency_id).name}
+  consumer group  {kafka_acls.consumer_group(agency_id)} (the only group it may use)
+  writes          {OFFER_RESPONSES.name}
+Only Apache Kafka enforces these: the local broker (Tansu) ignores SASL and ACLs.
+
+To create the user and its ACLs on the production broker, run this where docker-compose.yml
+is. It needs the admin client config {target.command_config} in the {service} container;
+running it again sets this new password.
+
+{kafka_acls.compose_exec(script)}"""
+
+
+def _kafka_revoke_text(agency_id: str) -> str:
+    from shared import kafka_acls
+
+    script = kafka_acls.render_revoke_script(agency_id, _kafka_target())
+    return (
+        f"To remove {agency_id}'s Kafka ACLs and user, run this where docker-compose.yml is.\n"
+        "Without its ACLs the agency can do nothing, on open connections too; without its\n"
+        "SCRAM credential it cannot log in again.\n\n"
+        f"{kafka_acls.compose_exec(script)}"
+    )
+
+
+def _agency_user(args: argparse.Namespace) -> None:
+    command = f"refnet agency user {args.agency_user_command}"
+    try:
+        from services.notifications import accounts
+    except ModuleNotFoundError as exc:
+        if exc.name != "services.notifications.accounts":
+            raise
+        sys.exit(f"{command}: this build has no agency accounts (services.notifications.accounts)")
+    url = _setting("DATABASE_URL")
+    try:
+        if args.agency_user_command == "add":
+            _validate_agency_id("user add", args.agency_id)
+            from services.matching.directory.admin import agency_exists
+
+            if not asyncio.run(agency_exists(url, args.agency_id)):
+                sys.exit(
+                    f"{command}: agency {args.agency_id} is not in the directory; "
+                    "add it with `refnet agency add` first"
+                )
+            password = _new_password(args.password_stdin, command)
+            asyncio.run(accounts.add_user(url, args.agency_id, args.email, args.name, password))
+            print(f"agency user {args.email} ({args.agency_id}) is ready")
+        else:
+            asyncio.run(accounts.disable_user(url, args.email))
+            print(f"agency user {args.email} is disabled")
+    except accounts.AccountError as exc:
+        sys.exit(f"{command}: {exc}")
 
 
 def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -193,14 +555,14 @@ def _users(args: argparse.Namespace) -> None:
         sys.exit(f"refnet users {args.users_command}: {exc}")
 
 
-def _new_password(from_stdin: bool) -> str:
+def _new_password(from_stdin: bool, command: str = "refnet users add") -> str:
     import getpass
 
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("Password: ")
     if getpass.getpass("Again: ") != first:
-        sys.exit("refnet users add: the passwords differ")
+        sys.exit(f"{command}: the passwords differ")
     return first
 
 

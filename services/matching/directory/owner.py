@@ -15,7 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from services.matching.directory.package import DirectoryPackage, profiles
+from services.matching.directory.package import (
+    DirectoryPackage,
+    PackageInvalid,
+    profiles,
+    validate,
+)
 from shared import outbox
 from shared.clock import Clock
 from shared.cloudevents import PoisonMessage
@@ -25,10 +30,14 @@ from shared.hsds import (
     AgencyProfile,
     Attribute,
     EligibilityTerm,
+    Location,
+    Organization,
     Row,
     Service,
+    ServiceAtLocation,
     ServiceCapacity,
     TaxonomyTerm,
+    Unit,
 )
 from shared.topics import AGENCIES
 
@@ -61,6 +70,230 @@ async def import_package(
         ],
     )
     return await _publish(conn, profiles(package, revision), revision, clock, removals=True)
+
+
+@dataclass(frozen=True)
+class AgencyAdded:
+    agency_id: str
+    replaced: bool  # the agency was in the directory already; its rows were replaced
+    result: ImportResult  # published holds the agency when its profile changed
+
+
+# Rows every agency shares, matched by what they mean rather than by id: a term or unit
+# the directory already has is reused, so one agency's package cannot redefine another's.
+_SHARED_TABLES = ("taxonomy_term", "unit")
+
+
+async def add_agency(
+    conn: asyncpg.Connection, agency: DirectoryPackage, clock: Clock
+) -> AgencyAdded:
+    """Add one organization, with its services, locations, areas, languages, schedules,
+    capacities and attributes, to the directory, or replace the rows it had; every other
+    agency stays as it is. ``agency`` holds exactly one organization (and may carry the
+    taxonomy terms and units it uses). Checks the resulting directory (PackageInvalid lists
+    every problem, and nothing changes) and publishes the agency's profile if it changed.
+    Call in a transaction."""
+    organizations = agency.of(Organization)
+    if len(organizations) != 1:
+        raise PackageInvalid(
+            [f"expected exactly one organization to add, got {len(organizations)}"]
+        )
+    agency_id = organizations[0].id
+    await _lock(conn)
+    current = await export_package(conn)
+    replaced = any(org.id == agency_id for org in current.of(Organization))
+    old = _rows_of_agency(current, agency_id) - _live_capacity(current, agency)
+    kept = {t: tuple(r for r in rows if (t, r.id) not in old) for t, rows in current.rows.items()}
+    incoming = _reuse_shared_rows(kept, agency, agency_id)
+    owners: list[tuple[str, str, str | None]] = [
+        (r.table, r.id, r.organization_id) for r in agency.of(Service)
+    ]
+    owners += [(r.table, r.id, r.organization_id) for r in agency.of(Location)]
+    problems = [
+        f"{table} {row_id!r}: organization_id is {org!r}, not {agency_id!r}"
+        for table, row_id, org in owners
+        if org not in (None, agency_id)
+    ]
+    problems += _id_collisions(kept, incoming, agency_id)
+    if problems:
+        raise PackageInvalid(problems)
+    merged = DirectoryPackage(
+        rows={table: kept[table] + incoming[table] for table in kept},
+        metadata=current.metadata,
+    )
+    problems = validate(merged, f"directory with {agency_id}")
+    if problems:
+        raise PackageInvalid(problems)
+    await _replace_rows(conn, old, incoming)
+    revision = await _next_revision(conn, None)
+    (profile,) = profiles(await _agency_slice(conn, agency_id), revision)
+    result = await _publish(conn, [profile], revision, clock, removals=False)
+    return AgencyAdded(agency_id, replaced, result)
+
+
+def _rows_of_agency(package: DirectoryPackage, agency_id: str) -> set[tuple[str, str]]:
+    """(table, id) of every row that belongs to the agency alone: its organization, its
+    services and what hangs off them, its locations (owned, or unowned and used only by its
+    services) and attributes on any of those. Shared terms and units are never included."""
+    services = {s.id for s in package.of(Service) if s.organization_id == agency_id}
+    users_of: dict[str, set[str]] = {}
+    for link in package.of(ServiceAtLocation):
+        users_of.setdefault(link.location_id, set()).add(link.service_id)
+
+    def ours(location: Location) -> bool:
+        if location.organization_id is not None:
+            return location.organization_id == agency_id
+        users = users_of.get(location.id, set())
+        return bool(users) and users <= services
+
+    locations = {location.id for location in package.of(Location) if ours(location)}
+    linked = {"organization": {agency_id}, "service": services, "location": locations}
+    owned: set[tuple[str, str]] = {("organization", agency_id)}
+    owned |= {("service", s) for s in services}
+    owned |= {("location", loc) for loc in locations}
+    for table, rows in package.rows.items():
+        if table in ("organization", "service", "location", *_SHARED_TABLES):
+            continue
+        for row in rows:
+            if table == "attribute":
+                assert isinstance(row, Attribute)
+                mine = row.link_id in linked.get(row.link_type, set())
+            else:
+                mine = getattr(row, "service_id", None) in services
+            if mine:
+                owned.add((table, row.id))
+    return owned
+
+
+def _live_capacity(current: DirectoryPackage, agency: DirectoryPackage) -> set[tuple[str, str]]:
+    """The capacity an agency reported (service_capacity rows and capacity-status
+    attributes) for services it keeps, where its new rows say nothing about them: re-adding
+    an agency to change its details must not reset its live count."""
+    staying = {service.id for service in agency.of(Service)}
+    code = EligibilityTerm.CAPACITY_STATUS.value
+    status_terms = {t.id for t in current.of(TaxonomyTerm) if t.code == code}
+    new_status_terms = {t.id for t in agency.of(TaxonomyTerm) if t.code == code}
+    counted = {capacity.service_id for capacity in agency.of(ServiceCapacity)}
+    stated = {a.link_id for a in agency.of(Attribute) if a.taxonomy_term_id in new_status_terms}
+    keep = {
+        ("service_capacity", capacity.id)
+        for capacity in current.of(ServiceCapacity)
+        if capacity.service_id in staying - counted
+    }
+    keep |= {
+        ("attribute", attribute.id)
+        for attribute in current.of(Attribute)
+        if attribute.link_type == "service"
+        and attribute.taxonomy_term_id in status_terms
+        and attribute.link_id in staying - stated
+    }
+    return keep
+
+
+def _reuse_shared_rows(
+    kept: dict[str, tuple[Row, ...]], agency: DirectoryPackage, agency_id: str
+) -> dict[str, tuple[Row, ...]]:
+    """The agency's rows as they will be stored, shared rows only where they are new to the
+    directory. A taxonomy term with the same taxonomy and code as one in the directory (a unit
+    with the same scheme and identifier) is the directory's: references are pointed at it.
+    A new one whose id is taken by a different term (unit) gets a fresh id."""
+    renamed: dict[str, dict[str, str]] = {table: {} for table in _SHARED_TABLES}
+    rows: dict[str, list[Row]] = {table: [] for table in kept}
+    for table in _SHARED_TABLES:
+        taken = {row.id for row in kept[table]}
+        by_meaning = {_meaning(row): row.id for row in reversed(kept[table])}
+        for row in agency.rows[table]:
+            existing = by_meaning.get(_meaning(row))
+            if existing is not None:
+                renamed[table][row.id] = existing
+                continue
+            new_id = row.id
+            if new_id in taken:
+                new_id = _fresh_id(f"{row.id}-{agency_id}", taken)
+                renamed[table][row.id] = new_id
+                row = row.model_copy(update={"id": new_id})
+            taken.add(new_id)
+            by_meaning[_meaning(row)] = new_id
+            rows[table].append(row)
+    terms, units = renamed["taxonomy_term"], renamed["unit"]
+    for table, found in agency.rows.items():
+        if table in _SHARED_TABLES:
+            continue
+        for row in found:
+            if isinstance(row, Attribute) and row.taxonomy_term_id in terms:
+                row = row.model_copy(update={"taxonomy_term_id": terms[row.taxonomy_term_id]})
+            elif isinstance(row, ServiceCapacity) and row.unit_id in units:
+                row = row.model_copy(update={"unit_id": units[row.unit_id]})
+            rows[table].append(row)
+    return {table: tuple(found) for table, found in rows.items()}
+
+
+def _meaning(row: Row) -> tuple[str | None, ...]:
+    if isinstance(row, TaxonomyTerm):
+        return ("taxonomy_term", row.taxonomy, row.code)
+    assert isinstance(row, Unit)
+    return ("unit", row.scheme, row.identifier or row.name)
+
+
+def _fresh_id(base: str, taken: set[str]) -> str:
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
+
+
+def _id_collisions(
+    kept: dict[str, tuple[Row, ...]], incoming: dict[str, tuple[Row, ...]], agency_id: str
+) -> list[str]:
+    """An id the agency's rows would take from another agency's row: ids are unique per
+    table across the whole directory."""
+    problems = []
+    for table, rows in incoming.items():
+        if table in _SHARED_TABLES:
+            continue
+        taken = {row.id for row in kept[table]}
+        problems += [
+            f"{table} {row.id!r}: that id is already used by another agency's {table} row; "
+            f"give {agency_id}'s rows ids of their own"
+            for row in rows
+            if row.id in taken
+        ]
+    return problems
+
+
+async def _replace_rows(
+    conn: asyncpg.Connection,
+    old: set[tuple[str, str]],
+    incoming: dict[str, tuple[Row, ...]],
+) -> None:
+    """Delete the agency's old rows and store its new ones. A row coming back under the
+    same id keeps its place in the export; others go at the end of their table."""
+    tables, ids = [t for t, _ in sorted(old)], [i for _, i in sorted(old)]
+    removed = await conn.fetch(
+        "DELETE FROM directory_rows WHERE (table_name, row_id) IN "
+        "(SELECT * FROM unnest($1::text[], $2::text[])) RETURNING table_name, row_id, position",
+        tables,
+        ids,
+    )
+    places = {(r["table_name"], r["row_id"]): r["position"] for r in removed}
+    ends = {
+        r["table_name"]: r["last"] + 1
+        for r in await conn.fetch(
+            "SELECT table_name, max(position) AS last FROM directory_rows GROUP BY table_name"
+        )
+    }
+    values = []
+    for table, rows in incoming.items():
+        for row in rows:
+            position = places.get((table, row.id))
+            if position is None:
+                position = ends.get(table, 0)
+                ends[table] = position + 1
+            values.append((table, row.id, position, row.model_dump(mode="json")))
+    await conn.executemany(
+        "INSERT INTO directory_rows (table_name, row_id, position, data) VALUES ($1, $2, $3, $4)",
+        values,
+    )
 
 
 async def export_package(conn: asyncpg.Connection) -> DirectoryPackage:
