@@ -22,6 +22,7 @@ from services.intake.handlers import STATUS_CONSUMER, Crypto, on_event
 from services.intake.security import PersonIndex, PiiCipher
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
+from shared.contract import asyncapi_router
 from shared.db import create_pool
 from shared.kafka import (
     DeadLetters,
@@ -114,6 +115,7 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(api.router)
     app.include_router(internal_api.router)
+    app.include_router(asyncapi_router)
     app.add_exception_handler(RequestValidationError, api.validation_error)
     return app
 

@@ -28,6 +28,7 @@ from services.notifications.settings import NotificationsSettings
 from services.notifications.sms import SmsChannel
 from services.notifications.webhooks import WebhookSender
 from shared.clock import Clock, clock_for
+from shared.contract import asyncapi_router
 from shared.db import create_pool
 from shared.kafka import (
     DeadLetters,
@@ -135,6 +136,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     app.include_router(router)
     app.include_router(pages)
     app.include_router(inbox)
+    app.include_router(asyncapi_router)
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
