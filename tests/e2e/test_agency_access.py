@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
+from services.notifications.fhir import validate_bundle
 from tests.e2e.browser import (
     Person,
     WorkerBrowser,
@@ -209,6 +210,7 @@ async def test_contact_details_only_after_acceptance_and_only_for_the_acceptor(
             return response.json() if response.status_code == 200 else None
 
         details = await eventually(released, "contact details released to the acceptor")
+        fhir = await http.get(f"/agency/v1/offers/{offer_id}/fhir", headers=auth_a)
         refused_b = await http.get(
             contact, headers={"Authorization": f"Bearer {held_offer['key_b']}"}
         )
@@ -219,6 +221,14 @@ async def test_contact_details_only_after_acceptance_and_only_for_the_acceptor(
     assert "42 CFR part 2" in details["notice"]
     assert details["consent"]["purpose"] and details["consent"]["categories"]
     assert refused_b.status_code == 404
+
+    # And the accepted referral exports as valid FHIR R4, its Task accepted, nobody named
+    assert fhir.headers["content-type"] == "application/fhir+json"
+    bundle = fhir.json()
+    validate_bundle(bundle)
+    tasks = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Task"]
+    assert [t["status"] for t in tasks] == ["accepted"]
+    assert not any(identifier in fhir.text for identifier in person.identifiers)
 
     # And each view is a disclosure in the person's accounting, naming who looked
     page = inbox.http.get(f"/inbox/offers/{offer_id}/contact")

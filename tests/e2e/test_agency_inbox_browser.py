@@ -106,7 +106,7 @@ def test_an_agency_accepts_sees_the_person_with_the_notice_and_closes_the_loop(
     waiting = page.get_by_role("table", name="Offers waiting for your answer")
     waiting.locator(f'tr[data-need-id="{need_id}"]').get_by_role("link").click()
     expect(page.get_by_role("heading", name="Why refnet chose your agency")).to_be_visible()
-    expect(page.get_by_text("97214")).to_be_visible()
+    expect(page.get_by_text("97214, Multnomah county")).to_be_visible()
     for identifier in person.identifiers:
         assert identifier not in page.content()
     assert accessibility_problems(page) == []
