@@ -637,7 +637,13 @@ def run_service(name: str) -> None:
 
 
 def run_up(run_dir: Path) -> None:
-    from services.local_stack import DEMO_WORKER_EMAIL, LocalStack, Ports
+    from services.local_stack import (
+        DEMO_AGENCY_ID,
+        DEMO_AGENCY_USER_EMAIL,
+        DEMO_WORKER_EMAIL,
+        LocalStack,
+        Ports,
+    )
     from shared.logs import configure_logging
 
     configure_logging("up", "WARNING")
@@ -661,6 +667,10 @@ refnet is up.
 
   demo intake worker    {DEMO_WORKER_EMAIL}
   password              {stack.secrets["DEMO_WORKER_PASSWORD"]}
+
+  agency web inbox      {stack.agency_api_url}/inbox
+  demo agency user      {DEMO_AGENCY_USER_EMAIL} ({DEMO_AGENCY_ID})
+  password              {stack.secrets["DEMO_AGENCY_USER_PASSWORD"]}
 
   accept offers as an agency:  refnet agency listen ag-001 --accept
   API key for an agency:       refnet agency key ag-001

@@ -249,7 +249,9 @@ def test_an_agency_receives_its_offers_and_sends_its_answers() -> None:
         m["$ref"].rsplit("/", 1)[1] for m in ops["agency-sends-offer-responses-v1"]["messages"]
     }
     assert answers == {"OfferAccepted", "OfferDeclined", "OutcomeReported"}
-    assert ops["agency-sends-capacity-updates-v1"]["action"] == "send"
+    # Capacity goes through the agency API: an agency's Kafka ACLs allow no other topic.
+    assert "agency-sends-capacity-updates-v1" not in ops
+    assert ops["notifications-sends-capacity-updates-v1"]["action"] == "send"
 
 
 # --- structure ------------------------------------------------------------------------------
