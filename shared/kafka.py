@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,8 +29,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from shared import metrics, tracing
 from shared.cloudevents import Envelope, PoisonMessage, decode
-from shared.settings import BaseServiceSettings
+from shared.logs import log_context
+from shared.settings import BaseServiceSettings, KafkaClientSettings
 from shared.topics import DLQ_SUFFIX, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    # What sessions in flight get when Postgres shuts down or the connection drops mid-query.
+    asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,
     KafkaConnectionError,
 )
 
@@ -57,6 +64,26 @@ class RawMessage:
     headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
 
 
+def kafka_security(settings: KafkaClientSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for how the client authenticates: none for PLAINTEXT (the
+    embedded broker), else the SASL login, with TLS for SASL_SSL. Every refnet client takes
+    them: producers, consumers (and so the DLQ writers), the admin client, Faust."""
+    if not settings.kafka_uses_sasl:
+        return {}
+    assert settings.kafka_sasl_password is not None  # the settings refuse SASL without it
+    context = None
+    if settings.kafka_security_protocol == "SASL_SSL":
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        context = ssl.create_default_context(cafile=cafile)
+    return {
+        "security_protocol": settings.kafka_security_protocol,
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": settings.kafka_sasl_username,
+        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+        "ssl_context": context,
+    }
+
+
 def make_producer(settings: BaseServiceSettings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -64,6 +91,7 @@ def make_producer(settings: BaseServiceSettings, client_id: str) -> AIOKafkaProd
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=5,
+        **kafka_security(settings),
     )
 
 
@@ -78,6 +106,7 @@ def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) ->
         auto_offset_reset="earliest",
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 100),
+        **kafka_security(settings),
     )
 
 
@@ -87,10 +116,15 @@ async def ensure_topics(
     partitions: int,
     replication: int = 1,
     compacted: Collection[str] = (),
+    *,
+    security: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics that don't exist yet (those in ``compacted`` with log compaction);
-    return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="refnet-admin")
+    return the names created. ``security``: ``kafka_security(settings)`` on a broker that
+    wants a login. A topic the broker refuses (no ACL to create it, say) raises."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="refnet-admin", **(security or {})
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -98,7 +132,7 @@ async def ensure_topics(
         if missing:
             # Another process may win the race; the topic is there, which is all we need.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [
                         NewTopic(
                             name, partitions, replication, topic_configs=_configs(name, compacted)
@@ -106,9 +140,19 @@ async def ensure_topics(
                         for name in missing
                     ]
                 )
+                _raise_topic_errors(response)
         return missing
     finally:
         await admin.close()
+
+
+def _raise_topic_errors(response: Any) -> None:
+    """aiokafka returns per-topic errors instead of raising them: an authorization failure
+    would otherwise pass for a created topic."""
+    for topic, code, *message in getattr(response, "topic_errors", ()):
+        if code not in (0, TopicAlreadyExistsError.errno):
+            detail = message[0] if message and message[0] else ""
+            raise for_code(code)(f"creating topic {topic}: {detail}".rstrip(": "))
 
 
 def _configs(name: str, compacted: Collection[str]) -> dict[str, str]:
@@ -149,6 +193,7 @@ class DeadLetters:
                 await self._producer.send_and_wait(
                     raw.topic + DLQ_SUFFIX, key=raw.key, value=raw.value or b"", headers=headers
                 )
+        metrics.DLQ_MESSAGES.labels(raw.topic, self.consumer_name).inc()
 
 
 def _error(state: RetryCallState) -> BaseException | None:
@@ -173,25 +218,50 @@ async def process_record(
     *,
     max_attempts: int,
 ) -> None:
+    """While the record is handled, every log line carries its topic, partition and offset
+    (then its event id and need id, once decoded) and the trace its traceparent continues;
+    events the handler produces carry a child of that trace."""
+    with (
+        log_context(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            consumer=dead_letters.consumer_name,
+        ),
+        tracing.span(f"{raw.topic} process", tracing.from_headers(raw.headers)),
+    ):
+        await _process_record(spec, raw, handle, dead_letters, max_attempts=max_attempts)
+
+
+async def _process_record(
+    spec: TopicSpec,
+    raw: RawMessage,
+    handle: Handler,
+    dead_letters: DeadLetters,
+    *,
+    max_attempts: int,
+) -> None:
     try:
         envelope = decode(spec, raw.key, raw.value, raw.headers)
     except PoisonMessage as exc:
         await dead_letters.send(raw, str(exc))
         return
-    try:
-        async for attempt in AsyncRetrying(
-            stop=_give_up(max_attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=10),
-            reraise=True,
-        ):
-            with attempt:
-                await handle(envelope)
-    except PoisonMessage as exc:
-        await dead_letters.send(raw, str(exc))
-    except Exception as exc:  # the handler's bug or a rule it enforces: DLQ, keep going
-        await dead_letters.send(
-            raw, f"handler failed after {max_attempts} attempts: {type(exc).__name__}: {exc}"
-        )
+    with log_context(event_id=envelope.id, need_id=getattr(envelope.event, "need_id", None)):
+        try:
+            async for attempt in AsyncRetrying(
+                stop=_give_up(max_attempts),
+                wait=wait_exponential_jitter(initial=0.2, max=10),
+                reraise=True,
+            ):
+                # Metrics the handler records count only if this attempt succeeds.
+                with attempt, metrics.deferred():
+                    await handle(envelope)
+        except PoisonMessage as exc:
+            await dead_letters.send(raw, str(exc))
+        except Exception as exc:  # the handler's bug or a rule it enforces: DLQ, keep going
+            await dead_letters.send(
+                raw, f"handler failed after {max_attempts} attempts: {type(exc).__name__}: {exc}"
+            )
 
 
 async def consume(
@@ -236,6 +306,8 @@ async def read_to_end(
     bootstrap_servers: str,
     topic: str,
     done: Callable[[], Awaitable[bool]] | None = None,
+    *,
+    security: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[ConsumerRecord]:
     """Every record of ``topic`` from the beginning up to its end as of now, outside any
     consumer group: how a service rebuilds its view of a compacted topic. ``done``, if
@@ -246,6 +318,7 @@ async def read_to_end(
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
+        **(security or {}),
     )
     await consumer.start()
     try:

@@ -57,10 +57,14 @@ class Operation(StrEnum):
     READ = "Read"
     WRITE = "Write"
     DESCRIBE = "Describe"
+    # Only matching's service user: it creates agencies' offers topics (services/kafka_init.py).
+    CREATE = "Create"
 
 
 class PatternType(StrEnum):
     LITERAL = "literal"
+    # Only for matching's service user, on refnet.agency.: agencies never get a prefix.
+    PREFIXED = "prefixed"
 
 
 @dataclass(frozen=True)

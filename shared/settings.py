@@ -9,13 +9,55 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "production"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
-class BaseServiceSettings(BaseSettings):
+class KafkaClientSettings(BaseSettings):
+    """How a client authenticates to Kafka: part of every service's settings, and read alone
+    by commands that only talk to Kafka (`refnet topics`).
+
+    PLAINTEXT suits the embedded broker (Tansu ignores SASL). On Apache Kafka each service
+    logs in as its own SCRAM user (docker-compose.yml, docs/runbook.md)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism = "SCRAM-SHA-512"
+    # Required when the protocol is SASL_*; checked even when left out (validate_default).
+    kafka_sasl_username: str | None = Field(default=None, validate_default=True)
+    kafka_sasl_password: SecretStr | None = Field(default=None, validate_default=True)
+    # SASL_SSL only: the CA that signed the broker's certificate, when not a public one.
+    kafka_ssl_cafile: Path | None = None
+
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password")
+    @classmethod
+    def _sasl_needs_credentials(
+        cls, value: str | SecretStr | None, info: ValidationInfo
+    ) -> str | SecretStr | None:
+        protocol = info.data.get("kafka_security_protocol", "PLAINTEXT")
+        given = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if str(protocol).startswith("SASL_") and not given:
+            raise ValueError(f"required when KAFKA_SECURITY_PROTOCOL is {protocol}")
+        return value
+
+
+class BaseServiceSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     refnet_env: Environment = "production"
@@ -34,6 +76,10 @@ class BaseServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # Where "today" and opening hours are: consent dates, ages, schedules (an IANA zone).
     local_timezone: str = "UTC"
+    # GET /readyz answers 503 above these: unpublished outbox rows, and records behind on the
+    # service's assigned partitions (all topics together).
+    ready_max_outbox_backlog: int = Field(default=1000, ge=0)
+    ready_max_consumer_lag: int = Field(default=10000, ge=0)
 
     @property
     def is_local(self) -> bool:

@@ -44,7 +44,7 @@ from shared.hsds import (
     TaxonomyTerm,
     is_postal_code,
 )
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import ensure_topics, kafka_security, make_producer
 from shared.outbox import OutboxRelay
 from shared.settings import BaseServiceSettings
 from shared.topics import agency_offers
@@ -110,7 +110,10 @@ async def publish_now(
             agencies = await owner.agency_ids(conn)
     names = [agency_offers(agency).name for agency in agencies]
     created = await ensure_topics(
-        settings.kafka_bootstrap_servers, names, settings.kafka_partitions
+        settings.kafka_bootstrap_servers,
+        names,
+        settings.kafka_partitions,
+        security=kafka_security(settings),
     )
     producer = make_producer(settings, "refnet-directory")
     await producer.start()
