@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from uuid import uuid4
 
 if TYPE_CHECKING:
+    from shared.dlq import DeadLetter, Listing, Position, Replay
     from shared.kafka_acls import AdminTarget as KafkaAdminTarget
     from shared.settings import BaseServiceSettings
 
@@ -29,10 +30,15 @@ def main(argv: list[str] | None = None) -> None:
         commands.add_parser(name, help=f"run the {name} service in the foreground")
     commands.add_parser("migrate", help="apply every service's database migrations")
     commands.add_parser("topics", help="create the refnet topics and their DLQs")
+    commands.add_parser(
+        "kafka-init-script",
+        help="print deploy/kafka/init.sh: the topics, service users and ACLs for Apache Kafka",
+    )
     _add_agency_commands(commands)
     _add_user_commands(commands)
     _add_directory_commands(commands)
     _add_webhook_commands(commands)
+    _add_dlq_commands(commands)
     pii = commands.add_parser("pii", help="intake's encrypted identifiers").add_subparsers(
         dest="pii_command", required=True
     )
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         _migrate()
     elif args.command == "topics":
         _topics()
+    elif args.command == "kafka-init-script":
+        from services.kafka_init import render_init_script
+
+        print(render_init_script(), end="")
     elif args.command == "users":
         _users(args)
     elif args.command == "pii":
@@ -55,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         _directory(args)
     elif args.command == "webhooks":
         _webhooks(args)
+    elif args.command == "dlq":
+        _dlq(args)
     elif args.command == "agency":
         _agency(args)
 
@@ -507,6 +519,111 @@ async def _webhook_command(command: Literal["replay", "enable"], target: str) ->
         await pool.close()
 
 
+def _add_dlq_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dlq = commands.add_parser(
+        "dlq", help="dead letters: records a consumer gave up on (<topic>.dlq)"
+    ).add_subparsers(dest="dlq_command", required=True)
+    listing = dlq.add_parser(
+        "list", help="list the dead letters of every topic, newest first (never their content)"
+    )
+    listing.add_argument("--topic", help="only this topic's DLQ, e.g. refnet.needs.v1")
+    replay = dlq.add_parser(
+        "replay",
+        help="send one dead letter's original record to its topic again (once per record)",
+        description="Re-produce the dead letter's original key, value and headers to the "
+        "topic and partition it came from, and record who replayed it (intake's "
+        "dlq_replays). A record is replayed once; a second replay is refused.",
+    )
+    replay.add_argument("topic", help="the DLQ (or its topic), as `refnet dlq list` prints it")
+    replay.add_argument("partition", type=int)
+    replay.add_argument("offset", type=int)
+
+
+def _dlq(args: argparse.Namespace) -> None:
+    from shared import dlq
+
+    topic = args.topic
+    if topic is not None and dlq.dlq_name(topic) not in dlq.dlq_topics():
+        sys.exit(f"refnet dlq {args.dlq_command}: {topic} is not a refnet topic with a DLQ")
+    if args.dlq_command == "list":
+        listing = asyncio.run(_dlq_list(topic))
+        for letter in listing.letters:
+            print(_dlq_entry(letter))
+        print(f"{len(listing.letters)} dead letter(s)")
+        if not listing.complete:
+            print("refnet dlq list: only part of the DLQs was read (time bound or too many "
+                  "records); the newest are shown", file=sys.stderr)  # fmt: skip
+        return
+    try:
+        done = asyncio.run(_dlq_replay(dlq.Position(topic, args.partition, args.offset)))
+    except dlq.ReplayRefused as exc:
+        sys.exit(f"refnet dlq replay: {exc}")
+    print(f"replayed {done.original} (dead letter {done.dead_letter}) to {done.to}")
+
+
+def _dlq_settings() -> BaseServiceSettings:
+    from shared.settings import BaseServiceSettings
+
+    return BaseServiceSettings(
+        database_url=_setting("DATABASE_URL"),
+        kafka_bootstrap_servers=_setting("KAFKA_BOOTSTRAP_SERVERS"),
+    )
+
+
+async def _dlq_list(topic: str | None) -> Listing:
+    from shared import dlq
+    from shared.db import create_pool
+
+    settings = _dlq_settings()
+    listing = await dlq.read_dead_letters(settings, None if topic is None else [topic])
+    pool = await create_pool(settings.database_url, "intake", max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return dlq.with_replays(listing, await dlq.replays(conn))
+    finally:
+        await pool.close()
+
+
+def _dlq_entry(letter: DeadLetter) -> str:
+    at = letter.at
+    when = letter.dead_lettered_at.isoformat(timespec="seconds") if letter.dead_lettered_at else "-"
+    lines = [f"{at.topic} {at.partition} {at.offset}  dead-lettered {when}"]
+    origin = str(letter.original) if letter.original else "unknown (no dlq_* headers)"
+    lines.append(f"  from     {origin}, consumer {letter.consumer or '-'}")
+    lines.append(
+        f"  event    {letter.ce_type or '-'}, key {letter.key or '-'}, {letter.size} bytes"
+    )
+    lines.append(f"  reason   {letter.reason}")
+    if letter.replay is not None:
+        done = letter.replay
+        lines.append(
+            f"  replayed by {done.replayed_by} at "
+            f"{done.replayed_at.isoformat(timespec='seconds')} to {done.to}"
+        )
+    if letter.replay_of is not None:
+        lines.append(f"  a replay by {letter.replay_of.replayed_by} that failed again")
+    return "\n".join(lines)
+
+
+async def _dlq_replay(at: Position) -> Replay:
+    import getpass
+
+    from shared import dlq
+    from shared.clock import SystemClock
+    from shared.db import create_pool
+
+    try:
+        who = getpass.getuser()
+    except (OSError, KeyError):
+        who = "unknown"
+    settings = _dlq_settings()
+    pool = await create_pool(settings.database_url, "intake", max_size=1)
+    try:
+        return await dlq.replay(pool, settings, at, f"cli:{who}", SystemClock().now())
+    finally:
+        await pool.close()
+
+
 def _directory(args: argparse.Namespace) -> None:
     from services.matching.directory import admin
     from services.matching.directory.package import PackageInvalid
@@ -633,7 +750,11 @@ def run_service(name: str) -> None:
         m_settings = load_settings(MatchingSettings)
         configure_logging(name, m_settings.log_level)
         app = create_matching(m_settings)
-        Worker(app, loglevel=m_settings.log_level, quiet=True).execute_from_commandline()
+        # override_logging=False: keep refnet's JSON log lines (Faust would install its own),
+        # and no terminal spinner, whose escape codes would land in the log.
+        worker = Worker(app, loglevel=m_settings.log_level, quiet=True, override_logging=False)
+        worker.spinner = None
+        worker.execute_from_commandline()
 
 
 def run_up(run_dir: Path) -> None:
@@ -663,7 +784,8 @@ refnet is up.
   Postgres              {stack.infra.database_url}  ({stack.infra.postgres_source})
   SMTP sink             127.0.0.1:{stack.ports.smtp}  (messages in {run_dir}/mail/)
   SMS provider (fake)   http://127.0.0.1:{stack.ports.sms}  (texts in {run_dir}/sms/)
-  logs                  {run_dir}/logs/
+  logs                  {run_dir}/logs/  (JSON lines)
+  health and metrics    /readyz and /metrics on each service; matching's on {stack.matching_url}
 
   demo intake worker    {DEMO_WORKER_EMAIL}
   password              {stack.secrets["DEMO_WORKER_PASSWORD"]}
@@ -709,9 +831,13 @@ def _migrate() -> None:
 
 
 def _topics() -> None:
-    from shared.kafka import compacted_names, ensure_topics, topics_with_dlqs
+    from shared.kafka import compacted_names, ensure_topics, kafka_security, topics_with_dlqs
+    from shared.settings import KafkaClientSettings, load_settings
     from shared.topics import PLATFORM_TOPICS
 
+    # KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_* from the environment: on Apache Kafka with
+    # ACLs only a user allowed to create topics (the admin) can run this.
+    security = kafka_security(load_settings(KafkaClientSettings))
     created = asyncio.run(
         ensure_topics(
             _setting("KAFKA_BOOTSTRAP_SERVERS"),
@@ -719,6 +845,7 @@ def _topics() -> None:
             int(_setting("KAFKA_PARTITIONS", "3")),
             int(_setting("KAFKA_REPLICATION_FACTOR", "1")),
             compacted=compacted_names(PLATFORM_TOPICS),
+            security=security,
         )
     )
     print(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")

@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -46,10 +47,11 @@ class Ports:
     intake: int = 8000
     notifications: int = 8001
     sms: int = 8025
+    matching: int = 8002  # its /healthz, /readyz and /metrics
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in fields(cls)))
 
     @classmethod
     def preferred(cls) -> tuple[Ports, list[str]]:
@@ -84,6 +86,19 @@ class LocalStack:
         return f"http://127.0.0.1:{self.ports.notifications}"
 
     @property
+    def matching_url(self) -> str:
+        """The matching worker's HTTP endpoint: /healthz, /readyz, /metrics."""
+        return f"http://127.0.0.1:{self.ports.matching}"
+
+    @property
+    def service_urls(self) -> dict[str, str]:
+        return {
+            "intake": self.intake_url,
+            "matching": self.matching_url,
+            "notifications": self.agency_api_url,
+        }
+
+    @property
     def clock_offset_file(self) -> Path:
         return self.run_dir / "clock-offset"
 
@@ -108,8 +123,8 @@ class LocalStack:
             self._write_stack_file()
             for name in SERVICES:
                 self._spawn(name)
-            self._wait_http(self.intake_url, "intake")
-            self._wait_http(self.agency_api_url, "notifications")
+            for name, url in self.service_urls.items():
+                self._wait_ready(url, name)
         except BaseException:
             self.stop()
             raise
@@ -172,7 +187,11 @@ class LocalStack:
 
     def service_env(self, name: str) -> dict[str, str]:
         assert self.infra is not None
-        http_port = {"intake": self.ports.intake, "notifications": self.ports.notifications}
+        http_port = {
+            "intake": self.ports.intake,
+            "notifications": self.ports.notifications,
+            "matching": self.ports.matching,
+        }
         env = {
             **os.environ,
             "REFNET_ENV": "local",
@@ -187,6 +206,9 @@ class LocalStack:
             "FAUST_DATADIR": str(self.run_dir / "matching-data"),
             "PUBLIC_URL": self.agency_api_url,
             "INTAKE_INTERNAL_URL": self.intake_url,
+            # Where intake's operator dashboard asks the other services' /readyz.
+            "MATCHING_URL": self.matching_url,
+            "NOTIFICATIONS_URL": self.agency_api_url,
             "SMS_API_URL": f"http://127.0.0.1:{self.ports.sms}",
             "SMS_ACCOUNT_SID": SMS_ACCOUNT,
             "SMS_FROM": "+15035550100",
@@ -195,6 +217,8 @@ class LocalStack:
         }
         if name in http_port:
             env["HTTP_PORT"] = str(http_port[name])
+        if name == "matching":
+            env["MATCHING_HTTP_PORT"] = str(http_port[name])
         return env
 
     def _write_stack_file(self) -> None:
@@ -209,19 +233,25 @@ class LocalStack:
             )
         )
 
-    def _wait_http(self, base_url: str, name: str, timeout_s: float = 120) -> None:
+    def _wait_ready(self, base_url: str, name: str, timeout_s: float = 120) -> None:
+        """Until the service's /readyz says ready: its database, broker and consumer group
+        are there (its /healthz answers as soon as it listens)."""
         deadline = time.monotonic() + timeout_s
+        last = "no answer"
         while time.monotonic() < deadline:
             proc = self.processes[name]
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited at start-up; see {self.run_dir}/logs/{name}.log")
             try:
-                with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response:  # noqa: S310 - our own loopback URL
+                with urllib.request.urlopen(f"{base_url}/readyz", timeout=5) as response:  # noqa: S310 - our own loopback URL
                     if response.status == 200:
                         return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{name} did not answer /healthz in {timeout_s}s")
+            except urllib.error.HTTPError as not_ready:  # 503 with what is missing
+                last = not_ready.read().decode(errors="replace")
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} was not ready in {timeout_s}s: {last}")
 
 
 def prepare(database_url: str, bootstrap_servers: str, partitions: int) -> None:

@@ -1,8 +1,9 @@
 """CloudEvents 1.0, Kafka protocol binding, binary mode.
 
 The payload is the record value (JSON); the context attributes travel as ``ce_*`` headers,
-plus ``content-type`` and the ``ce_schemaversion`` extension. No identifying data goes in
-headers or keys.
+plus ``content-type`` and the ``ce_schemaversion`` extension, and the W3C ``traceparent``
+(shared/tracing.py) that lets one need be followed across services. No identifying data goes
+in headers or keys.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.events import Event
 from shared.topics import TopicSpec
 
@@ -39,7 +41,17 @@ class Envelope:
     event: Event
 
 
-def encode(event: Event, *, event_id: UUID, source: str, time: datetime) -> tuple[Headers, bytes]:
+def encode(
+    event: Event,
+    *,
+    event_id: UUID,
+    source: str,
+    time: datetime,
+    traceparent: str | None = None,
+) -> tuple[Headers, bytes]:
+    """The headers and value of ``event``. ``traceparent`` defaults to a child of the span
+    being handled now (a new trace outside any): W3C Trace Context, not a CloudEvents
+    attribute, and optional for readers."""
     headers: Headers = [
         ("ce_specversion", SPEC_VERSION.encode()),
         ("ce_id", str(event_id).encode()),
@@ -48,6 +60,7 @@ def encode(event: Event, *, event_id: UUID, source: str, time: datetime) -> tupl
         ("ce_time", time.isoformat().encode()),
         ("ce_schemaversion", str(event.schema_version).encode()),
         ("content-type", CONTENT_TYPE.encode()),
+        (tracing.HEADER, (traceparent or tracing.outgoing(f"{event.ce_type} send")).encode()),
     ]
     return headers, event.model_dump_json().encode()
 
@@ -106,6 +119,8 @@ def _schema_version(raw: str, cls: type[Event]) -> int:
         version = int(raw)
     except ValueError:
         raise PoisonMessage(f"ce_schemaversion {raw!r} is not an integer") from None
+    if version < 1:  # versions count from 1; no writer sends 0 or less
+        raise PoisonMessage(f"ce_schemaversion {version} is not a schema version (from 1 up)")
     if version > cls.schema_version:
         raise PoisonMessage(
             f"{cls.ce_type} schema version {version} is newer than this reader "

@@ -29,6 +29,7 @@ from pydantic.json_schema import (
 )
 from pydantic_core import core_schema
 
+from shared import tracing
 from shared.cloudevents import CONTENT_TYPE, SPEC_VERSION
 from shared.events import (
     Event,
@@ -51,6 +52,8 @@ from shared.topics import (
 )
 
 ASYNCAPI_VERSION = "3.0.0"
+# W3C Trace Context, version 00, lowercase hex (the ids must not be all zeros either).
+TRACEPARENT_PATTERN = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 KAFKA_BINDING_VERSION = "0.4.0"
 
@@ -204,9 +207,10 @@ def _headers_schema() -> dict[str, Any]:
         "description": (
             "CloudEvents 1.0, Kafka protocol binding, binary mode: the context attributes "
             "travel as UTF-8 record headers and the record value is the JSON payload. refnet "
-            "writes all seven headers; a reader requires the five listed as required, takes "
-            "a missing ce_schemaversion as 1 and refuses a version newer than it knows. No "
-            "header ever holds an identifier of the person."
+            "writes all eight headers; a reader requires the five listed as required, takes "
+            "a missing ce_schemaversion as 1 and refuses a version newer than it knows. The "
+            "optional W3C traceparent lets one need be followed across services. No header "
+            "ever holds an identifier of the person."
         ),
         "properties": {
             "ce_specversion": {"type": "string", "const": SPEC_VERSION},
@@ -234,6 +238,15 @@ def _headers_schema() -> dict[str, Any]:
                 "description": "Extension attribute: the payload's schema version.",
             },
             "content-type": {"type": "string", "const": CONTENT_TYPE},
+            tracing.HEADER: {
+                "type": "string",
+                "pattern": TRACEPARENT_PATTERN,
+                "description": "Optional. W3C Trace Context (version 00): "
+                "00-<trace-id>-<parent-id>-<trace-flags>, neither id all zeros. A consumer "
+                "continues the trace of the record it handles: what it produces carries the "
+                "same trace id with a new parent id. A reader may ignore it; an invalid one "
+                "is ignored, never refused.",
+            },
         },
         "required": ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"],
     }

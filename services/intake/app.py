@@ -5,8 +5,9 @@ aftercare check-in answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import uuid4
@@ -24,6 +25,15 @@ from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
 from shared.contract import asyncapi_router
 from shared.db import create_pool
+from shared.health import (
+    DATABASE_UNAVAILABLE,
+    AiokafkaConsumerProbe,
+    Probe,
+    StartupGate,
+    database_unavailable,
+    start_in_background,
+)
+from shared.health import router as health_router
 from shared.kafka import (
     DeadLetters,
     cancel_and_wait,
@@ -35,6 +45,7 @@ from shared.kafka import (
 from shared.outbox import OutboxRelay
 from shared.passwords import hash_password
 from shared.topics import AFTERCARE, REFERRAL_EVENTS
+from shared.tracing import TraceMiddleware
 
 log = logging.getLogger(__name__)
 SCHEMA = "intake"
@@ -45,47 +56,66 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = None
+        # Start-up waits for Postgres and Kafka in the background, so the server answers
+        # /healthz and /readyz (503, saying what is missing) while they are down; pages are
+        # served once the database is there.
+        probe: Probe = app.state.probe
+        stops: list[Callable[[], Awaitable[None]]] = []
+        tasks: list[asyncio.Task[None]] = []
 
-        async def connect() -> None:
-            nonlocal pool
-            pool = await create_pool(settings.database_url, SCHEMA)
+        async def start() -> None:
+            pool = None
 
-        await wait_until_ready("Postgres", connect)
-        assert pool is not None
-        producer = make_producer(settings, "intake")
-        await wait_until_ready("Kafka producer", producer.start)
-        # One group for both topics: the group id predates aftercare, and renaming it would
-        # replay every referral event.
-        followed = [REFERRAL_EVENTS, AFTERCARE]
-        consumer = make_consumer(settings, STATUS_CONSUMER, *(t.name for t in followed))
-        await wait_until_ready("Kafka consumer", consumer.start)
-        if settings.is_local and settings.demo_worker_password:
-            await _ensure_demo_worker(pool, settings)
-        app.state.pool = pool
-        relay = OutboxRelay(
-            pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
-        )
-        tasks = [
-            asyncio.create_task(relay.run(), name="intake-outbox"),
-            asyncio.create_task(
-                consume(
-                    consumer,
-                    followed,
-                    lambda env: on_event(pool, env),
-                    DeadLetters(producer, STATUS_CONSUMER),
-                    max_attempts=settings.consumer_max_attempts,
-                ),
-                name="intake-event-consumer",
-            ),
-        ]
+            async def connect() -> None:
+                nonlocal pool
+                pool = await create_pool(settings.database_url, SCHEMA)
+
+            await wait_until_ready("Postgres", connect)
+            assert pool is not None
+            stops.append(pool.close)
+            probe.pool = pool
+            if settings.is_local and settings.demo_worker_password:
+                await _ensure_demo_worker(pool, settings)
+            app.state.pool = pool
+            probe.accepting = True
+            producer = make_producer(settings, "intake")
+            # Registered before starting: a shutdown while Kafka is down still closes it.
+            stops.append(producer.stop)
+            await wait_until_ready("Kafka producer", producer.start)
+            probe.producer = producer
+            # One group for both topics: the group id predates aftercare, and renaming it
+            # would replay every referral event.
+            followed = [REFERRAL_EVENTS, AFTERCARE]
+            consumer = make_consumer(settings, STATUS_CONSUMER, *(t.name for t in followed))
+            stops.append(consumer.stop)
+            await wait_until_ready("Kafka consumer", consumer.start)
+            probe.consumer = AiokafkaConsumerProbe(consumer)
+            relay = OutboxRelay(
+                pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
+            )
+            tasks.append(asyncio.create_task(relay.run(), name="intake-outbox"))
+            tasks.append(
+                asyncio.create_task(
+                    consume(
+                        consumer,
+                        followed,
+                        lambda env: on_event(pool, env),
+                        DeadLetters(producer, STATUS_CONSUMER),
+                        max_attempts=settings.consumer_max_attempts,
+                    ),
+                    name="intake-event-consumer",
+                )
+            )
+
+        startup = start_in_background(start(), "intake-start-up")
         try:
             yield
         finally:
-            await cancel_and_wait(*tasks)
-            await consumer.stop()
-            await producer.stop()
-            await pool.close()
+            probe.accepting = False
+            await cancel_and_wait(startup, *tasks)
+            for stop in reversed(stops):  # the consumer, the producer, then the pool
+                with contextlib.suppress(Exception):
+                    await stop()
 
     app = FastAPI(
         title="refnet intake API",
@@ -99,6 +129,9 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.clock = clock
+    app.state.probe = Probe(
+        "intake", settings.ready_max_outbox_backlog, settings.ready_max_consumer_lag
+    )
     app.state.crypto = Crypto(
         PiiCipher(settings.pii_keys), PersonIndex(settings.pii_index_key.get_secret_value())
     )
@@ -110,8 +143,14 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
         same_site="strict",
         https_only=not settings.is_local,
     )
+    app.add_middleware(StartupGate)
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
+    # Outermost: each request is a span, so a submitted need's events continue its trace.
+    app.add_middleware(TraceMiddleware)
     static = Path(__file__).parent / "static"
     app.mount("/static", StaticFiles(directory=static), name="static")
+    app.include_router(health_router())
     app.include_router(routes.router)
     app.include_router(api.router)
     app.include_router(internal_api.router)

@@ -19,7 +19,7 @@ from services.intake.models import (
     age_on,
 )
 from services.intake.security import PersonIndex, PiiCipher
-from shared import outbox
+from shared import metrics, outbox
 from shared.clock import Clock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
@@ -138,6 +138,8 @@ async def submit_intake(
             conn, crypto, clock, worker, request, person_id, person_ref, match_key
         )
     log.info("intake %s submitted with %d needs", intake_id, len(request.needs))
+    for need in request.needs:
+        metrics.NEEDS_SUBMITTED.labels(need.category.value, need.urgency.value).inc()
     return Submitted(intake_id, created=True)
 
 

@@ -31,6 +31,9 @@ class IntakeSettings(BaseServiceSettings):
     login_window_s: int = 15 * 60
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
+    # Where the operator dashboard (/admin/dashboard) asks the other services' /readyz.
+    matching_url: str = Field(default="http://127.0.0.1:8002", pattern=r"^https?://")
+    notifications_url: str = Field(default="http://127.0.0.1:8001", pattern=r"^https?://")
     # Local mode: this worker is created at start-up so a newcomer can log in at once.
     demo_worker_email: str = "demo.worker@refnet.local"
     demo_worker_password: SecretStr | None = None
@@ -62,4 +65,14 @@ class IntakeSettings(BaseServiceSettings):
             )
         if self.pii_encryption_key.get_secret_value() == self.pii_index_key.get_secret_value():
             raise ValueError("PII_INDEX_KEY must differ from PII_ENCRYPTION_KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _peers_named_outside_local(self) -> IntakeSettings:
+        # The defaults are the local stack's ports: elsewhere they would silently point the
+        # operator dashboard at nothing.
+        missing = {"matching_url", "notifications_url"} - self.model_fields_set
+        if not self.is_local and missing:
+            names = ", ".join(sorted(name.upper() for name in missing))
+            raise ValueError(f"set {names}: where the dashboard asks those services' /readyz")
         return self

@@ -8,7 +8,9 @@ handlers.py. Processing is at-least-once; the inbox makes it effectively-once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -34,10 +36,12 @@ from services.matching.settings import MatchingSettings
 from shared.clock import Clock, clock_for
 from shared.cloudevents import Envelope, PoisonMessage, decode
 from shared.db import create_pool
+from shared.health import HealthServer, Probe, health_app, partition_lags
 from shared.kafka import (
     DeadLetters,
     RawMessage,
     ensure_topics,
+    kafka_security,
     make_producer,
     process_record,
     read_to_end,
@@ -56,6 +60,9 @@ from shared.topics import (
 
 log = logging.getLogger(__name__)
 SCHEMA = "matching"
+# The Faust app id: matching's consumer group, and the prefix of Faust's own topics (the
+# leader-election topic). The Kafka ACLs name both (services/kafka_init.py).
+APP_ID = "refnet-matching"
 
 
 class MatchingApp(faust.App):
@@ -70,10 +77,20 @@ class MatchingApp(faust.App):
         self._relay_producer: AIOKafkaProducer | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._agency_topics: set[str] = set()
+        self.probe = Probe(
+            "matching", settings.ready_max_outbox_backlog, settings.ready_max_consumer_lag
+        )
+        self.probe.consumer = FaustConsumerProbe(self)
+        self._health: HealthServer | None = None
 
     async def on_start(self) -> None:
         await super().on_start()
         settings = self.refnet_settings
+        # Health first: /healthz and /readyz (503) answer while Postgres or Kafka is awaited.
+        self._health = HealthServer(
+            health_app(self.probe, "refnet matching"), settings.http_host, settings.http_port
+        )
+        await self._health.start()
         pool = None
 
         async def connect() -> None:
@@ -82,8 +99,11 @@ class MatchingApp(faust.App):
 
         await wait_until_ready("Postgres", connect)
         assert pool is not None
+        self.probe.pool = pool
+        self.probe.accepting = True
         self._relay_producer = make_producer(settings, "matching")
         await wait_until_ready("Kafka producer", self._relay_producer.start)
+        self.probe.producer = self._relay_producer
         self.deps = Deps(pool, self.clock, settings, load_centroids(settings.postal_centroids_path))
         self.dead_letters = DeadLetters(self._relay_producer, "matching")
         relay = OutboxRelay(
@@ -99,6 +119,8 @@ class MatchingApp(faust.App):
         await wait_until_ready("directory", lambda: self.catch_up_directory())
 
     async def on_stop(self) -> None:
+        if self._health:
+            await self._health.stop()
         if self._relay_task:
             self._relay_task.cancel()
             await asyncio.gather(self._relay_task, return_exceptions=True)
@@ -119,6 +141,7 @@ class MatchingApp(faust.App):
             [AGENCIES.name],
             settings.kafka_partitions,
             compacted={AGENCIES.name},
+            security=kafka_security(settings),
         )
         records = 0
         pool = self.deps.pool
@@ -128,7 +151,10 @@ class MatchingApp(faust.App):
                 return await repo.directory_view_current(conn)
 
         async for record in read_to_end(
-            settings.kafka_bootstrap_servers, AGENCIES.name, view_is_current
+            settings.kafka_bootstrap_servers,
+            AGENCIES.name,
+            view_is_current,
+            security=kafka_security(settings),
         ):
             records += 1
             if record.value is None:
@@ -154,7 +180,10 @@ class MatchingApp(faust.App):
         await wait_until_ready(
             "Kafka admin",
             lambda: ensure_topics(
-                settings.kafka_bootstrap_servers, [name], settings.kafka_partitions
+                settings.kafka_bootstrap_servers,
+                [name],
+                settings.kafka_partitions,
+                security=kafka_security(settings),
             ),
         )
         self._agency_topics.add(name)
@@ -189,12 +218,59 @@ class MatchingApp(faust.App):
         )
 
 
+def broker_credentials(settings: MatchingSettings) -> faust.SASLCredentials | None:
+    """Faust's form of the service's Kafka login (shared.kafka.kafka_security): it logs in
+    as the same SCRAM user as matching's own producer; TLS when there is an SSL context."""
+    security = kafka_security(settings)
+    if not security:
+        return None
+    return faust.SASLCredentials(
+        username=security["sasl_plain_username"],
+        password=security["sasl_plain_password"],
+        mechanism=security["sasl_mechanism"],
+        ssl_context=security["ssl_context"],
+    )
+
+
+class FaustConsumerProbe:
+    """Readiness of the worker's Faust consumer, from what the consumer already knows (no
+    request through its thread, which answers only between fetches): its assignment of
+    refnet topics (Faust's own leader topic left out) and, per partition, the high
+    watermark of its last fetch minus the offset Faust last committed. A partition not yet
+    fetched counts 0; one never committed counts from offset 0."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    def _refnet_tps(self) -> list[Any]:
+        internal = f"{self._app.conf.id}-"
+        return sorted(
+            tp for tp in self._app.consumer.assignment() if not tp.topic.startswith(internal)
+        )
+
+    def assigned(self) -> list[tuple[str, int]]:
+        return [(tp.topic, tp.partition) for tp in self._refnet_tps()]
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        consumer = self._app.consumer
+        tps = self._refnet_tps()
+        committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+        ends: dict[Any, int] = {}
+        for tp in tps:
+            with contextlib.suppress(Exception):  # reassigned meanwhile, or not fetched yet
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    ends[tp] = highwater
+        return partition_lags(tps, ends, committed, {})
+
+
 def create_app(settings: MatchingSettings, clock: Clock | None = None) -> MatchingApp:
     app = MatchingApp(
         settings,
         clock or clock_for(settings.clock_offset_file),
-        id="refnet-matching",
+        id=APP_ID,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         processing_guarantee="at_least_once",
         topic_replication_factor=1,

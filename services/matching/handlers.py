@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -28,7 +29,7 @@ from services.matching.directory import owner as directory
 from services.matching.geo import PostalArea
 from services.matching.ranking import Candidate, NeedView, Ranking, rank
 from services.matching.settings import MatchingSettings
-from shared import outbox
+from shared import metrics, outbox
 from shared.clock import Clock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
@@ -279,6 +280,13 @@ async def _accept_if_in_time(
     await _close_offer(conn, deps, offer, "accepted")
     _point_at(ref, offer)
     await _emit_status(conn, deps, ref, ReferralStatus.ACCEPTED)
+    first = await repo.first_offered_at(conn, ref["need_id"]) or offer["offered_at"]
+    metrics.record(
+        partial(
+            metrics.ACCEPTANCE_LATENCY.labels(ref["urgency"]).observe,
+            max((now - first).total_seconds(), 0.0),
+        )
+    )
     for other in await repo.open_offers(conn, ref["need_id"]):
         await _close_offer(conn, deps, other, "withdrawn", record=False)
         await _withdraw(conn, deps, other, "placed with another agency")
@@ -351,6 +359,9 @@ async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any])
         offered = _offer(ref, candidate)
         await _enqueue(conn, deps, agency_offers(offer["agency_id"]), offered)
         await _emit_status(conn, deps, ref, ReferralStatus.OFFERED, offer=offered)
+        metrics.record(metrics.OFFERS_MADE.labels(ref["category"], ref["urgency"]).inc)
+        log.info("need %s offered to %s (attempt %d)", ref["need_id"], offer["agency_id"],
+                 offer["attempt"])  # fmt: skip
 
 
 async def rank_candidates(conn: asyncpg.Connection, deps: Deps, need: NeedView) -> Ranking:
@@ -499,6 +510,18 @@ async def _emit_status(
         **extra,
     )
     await _enqueue(conn, deps, REFERRAL_EVENTS, change)
+    _count_status(ref, status, extra.get("reason"))
+
+
+def _count_status(ref: dict[str, Any], status: ReferralStatus, reason: object) -> None:
+    """Declines, expiries and unmatched needs, counted once the transaction commits."""
+    if status == ReferralStatus.DECLINED:
+        reason = reason.value if isinstance(reason, DeclineReason) else str(reason or "unknown")
+        metrics.record(metrics.DECLINES.labels(reason).inc)
+    elif status == ReferralStatus.EXPIRED:
+        metrics.record(metrics.EXPIRIES.labels(ref["urgency"]).inc)
+    elif status == ReferralStatus.UNMATCHED:
+        metrics.record(metrics.UNMATCHED.labels(ref["category"]).inc)
 
 
 async def _enqueue(conn: asyncpg.Connection, deps: Deps, spec: TopicSpec, event: Event) -> None:

@@ -276,6 +276,14 @@ async def offer(conn: asyncpg.Connection, offer_id: UUID) -> dict[str, Any] | No
     return dict(row) if row else None
 
 
+async def first_offered_at(conn: asyncpg.Connection, need_id: UUID) -> datetime | None:
+    """When the need was first offered to any agency (acceptance latency starts there)."""
+    at: datetime | None = await conn.fetchval(
+        "SELECT min(offered_at) FROM offers WHERE need_id = $1", need_id
+    )
+    return at
+
+
 async def open_offers(conn: asyncpg.Connection, need_id: UUID) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT * FROM offers WHERE need_id = $1 AND status = 'open' ORDER BY attempt", need_id

@@ -3,7 +3,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from services.matching.geo import DEMO_CENTROIDS
 from shared.settings import BaseServiceSettings
@@ -25,3 +25,11 @@ class MatchingSettings(BaseServiceSettings):
     postal_centroids_path: Path = DEMO_CENTROIDS
     # Faust's working directory; with the memory store nothing durable is kept there.
     faust_datadir: Path = Path(tempfile.gettempdir()) / "refnet-matching"
+    # The worker's HTTP endpoint: /healthz, /readyz and /metrics only. MATCHING_HTTP_* win
+    # over the HTTP_HOST / HTTP_PORT every service reads.
+    http_host: str = Field(
+        default="127.0.0.1", validation_alias=AliasChoices("matching_http_host", "http_host")
+    )
+    http_port: int = Field(
+        default=8002, validation_alias=AliasChoices("matching_http_port", "http_port")
+    )

@@ -298,6 +298,15 @@ async def cancel_need_jobs(conn: asyncpg.Connection, need_ids: list[UUID]) -> No
     )
 
 
+async def due_jobs_by_kind(conn: asyncpg.Connection, now: datetime) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT kind, count(*) AS n FROM scheduled_jobs "
+        "WHERE status = 'pending' AND due_at <= $1 GROUP BY kind",
+        now,
+    )
+    return {row["kind"]: int(row["n"]) for row in rows}
+
+
 async def claim_due_jobs(
     conn: asyncpg.Connection, now: datetime, lease: timedelta, limit: int
 ) -> list[asyncpg.Record]:

@@ -31,9 +31,10 @@ from services.notifications.links import CHECK_IN, Link, Links
 from services.notifications.messages import Text, category_label, language_for, reason_label, render
 from services.notifications.settings import NotificationsSettings
 from services.notifications.sms import SmsChannel
-from shared import outbox
+from shared import metrics, outbox
 from shared.clock import Clock
 from shared.events import OfferExpired
+from shared.logs import log_context
 from shared.topics import OFFER_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,11 @@ async def run_due_jobs(deps: Deps) -> int:
 
 async def run_job(deps: Deps, job: asyncpg.Record) -> None:
     """Run one claimed job; whatever happens, it ends done, postponed, retried or given up."""
+    with log_context(need_id=job["need_id"], job_id=job["job_id"]):
+        await _run_job(deps, job)
+
+
+async def _run_job(deps: Deps, job: asyncpg.Record) -> None:
     try:
         await _dispatch(deps, job)
     except NotNow as later:
@@ -172,6 +178,7 @@ async def deliver(deps: Deps, job: asyncpg.Record, out: Outgoing) -> None:
         try:
             provider_id = await out.send()
         except (ChannelError, webhooks.WebhookFailed) as exc:
+            metrics.REMINDERS_FAILED.labels(out.channel, job["kind"]).inc()
             await repo.delivery_failed(conn, job, str(exc), deps.clock.now())
             if getattr(exc, "permanent", False):
                 raise GiveUp(str(exc)) from exc
@@ -179,7 +186,15 @@ async def deliver(deps: Deps, job: asyncpg.Record, out: Outgoing) -> None:
         async with conn.transaction():
             await repo.delivery_sent(conn, job, provider_id, deps.clock.now())
             await repo.finish_job(conn, job, deps.clock.now())
+    metrics.REMINDERS_SENT.labels(out.channel, job["kind"]).inc()
     log.info("job %s (%s) delivered by %s", job["job_id"], job["kind"], out.channel)
+
+
+async def measure_due_jobs(conn: asyncpg.Connection, clock: Clock) -> None:
+    """The reminders-due gauge, per job kind: pending jobs whose time has come."""
+    due = await repo.due_jobs_by_kind(conn, clock.now())
+    for kind in JobKind:
+        metrics.REMINDERS_DUE.labels(kind.value).set(due.get(kind.value, 0))
 
 
 # --- offer deadlines -----------------------------------------------------------------------

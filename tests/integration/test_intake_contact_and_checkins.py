@@ -287,6 +287,8 @@ def _settings(**changes: Any) -> IntakeSettings:
         "pii_encryption_key": generate_key(),
         "pii_index_key": generate_key(),
         "internal_api_token": TOKEN,
+        "matching_url": "http://matching:8002",
+        "notifications_url": "http://notifications:8001",
     }
     return IntakeSettings(**{**fields, **changes})
 

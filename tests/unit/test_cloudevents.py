@@ -58,6 +58,14 @@ def replace_header(
             lambda k, v, h: (k, v, replace_header(h, "ce_schemaversion", b"2")),
             "newer than this reader",
         ),
+        (
+            lambda k, v, h: (k, v, replace_header(h, "ce_schemaversion", b"one")),
+            "not an integer",
+        ),
+        (
+            lambda k, v, h: (k, v, replace_header(h, "ce_schemaversion", b"0")),
+            "not a schema version",
+        ),
         (lambda k, v, h: (None, v, h), "has no key"),
         (lambda k, v, h: (b"someone-else", v, h), "does not match"),
         (

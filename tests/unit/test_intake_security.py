@@ -10,6 +10,7 @@ from uuid import uuid4
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
 from services.intake.security import PersonIndex, PiiCipher, generate_key
 from services.intake.settings import IntakeSettings
@@ -74,3 +75,19 @@ def test_production_refuses_a_placeholder_secret_key(
 
     monkeypatch.setenv("REFNET_ENV", "local")
     assert load_settings(IntakeSettings).is_local
+
+
+def test_production_names_the_dashboards_peers_it_was_not_given() -> None:
+    values = {
+        "refnet_env": "production",
+        "database_url": "postgresql://unused",
+        "kafka_bootstrap_servers": "unused:9092",
+        "secret_key": secrets.token_urlsafe(48),
+        "pii_encryption_key": generate_key(),
+        "pii_index_key": generate_key(),
+        "internal_api_token": secrets.token_urlsafe(48),
+    }
+    with pytest.raises(ValidationError, match="MATCHING_URL, NOTIFICATIONS_URL"):
+        IntakeSettings(**values)
+    peers = {"matching_url": "http://matching:8002", "notifications_url": "http://n:8001"}
+    assert IntakeSettings(**values, **peers).matching_url == "http://matching:8002"
