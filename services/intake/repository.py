@@ -133,6 +133,13 @@ async def forget_login_failures(conn: asyncpg.Connection, account: str, before: 
     )
 
 
+async def end_sessions(conn: asyncpg.Connection, worker_id: UUID, at: datetime) -> None:
+    """Every session of the worker that logged in at or before ``at`` is over."""
+    await conn.execute(
+        "UPDATE workers SET sessions_revoked_at = $2 WHERE worker_id = $1", worker_id, at
+    )
+
+
 # --- persons and consents -------------------------------------------------------------------
 
 
@@ -289,7 +296,20 @@ async def insert_need(conn: asyncpg.Connection, need: dict[str, Any]) -> None:
 
 
 async def apply_status(conn: asyncpg.Connection, change: ReferralStatusChanged) -> bool:
-    """Move a need to the reported status unless a later change is already recorded."""
+    """Move a need to the reported status unless a later change is already recorded. Every
+    change of a need intake holds, stale or not, also goes to its status history."""
+    await conn.execute(
+        "INSERT INTO status_changes (need_id, sequence, status, agency_id, agency_name, "
+        "offer_id, occurred_at) SELECT need_id, $2, $3, $4, $5, $6, $7 FROM needs "
+        "WHERE need_id = $1 ON CONFLICT (need_id, sequence) DO NOTHING",
+        change.need_id,
+        change.sequence,
+        change.status.value,
+        change.agency_id,
+        change.agency_name,
+        change.offer_id,
+        change.occurred_at,
+    )
     result = await conn.execute(
         "UPDATE needs SET status = $2, status_sequence = $3, status_at = $4, agency_id = $5, "
         "agency_name = $6, status_reason = $7, respond_by = $8, "
@@ -512,3 +532,71 @@ async def reseal(
     conn: asyncpg.Connection, table: str, row_id: UUID, old: bytes, new: bytes
 ) -> bool:
     return bool(await conn.execute(_RESEAL[table], row_id, new, old) != "UPDATE 0")
+
+
+# --- the operator dashboard -----------------------------------------------------------------
+
+
+async def referral_funnel(
+    conn: asyncpg.Connection, since: datetime, reached: dict[str, list[str]]
+) -> dict[str, int]:
+    """Needs submitted since ``since``, and how many of them ever reached each stage (a
+    stage is reached by any of its statuses in the need's history)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS submitted, count(*) FILTER (WHERE h.offered) AS offered, "
+        "count(*) FILTER (WHERE h.accepted) AS accepted, "
+        "count(*) FILTER (WHERE h.completed) AS completed "
+        "FROM needs n JOIN intakes i USING (intake_id) "
+        "LEFT JOIN LATERAL (SELECT bool_or(s.status = ANY($2::text[])) AS offered, "
+        "bool_or(s.status = ANY($3::text[])) AS accepted, "
+        "bool_or(s.status = ANY($4::text[])) AS completed "
+        "FROM status_changes s WHERE s.need_id = n.need_id) h ON true "
+        "WHERE i.created_at >= $1",
+        since,
+        reached["offered"],
+        reached["accepted"],
+        reached["completed"],
+    )
+    return {name: int(row[name]) for name in ("submitted", "offered", "accepted", "completed")}
+
+
+async def times_to_accept(conn: asyncpg.Connection, since: datetime) -> list[float]:
+    """Seconds from submission (the intake's time) to the first acceptance, for each need
+    submitted since ``since`` that was accepted."""
+    rows = await conn.fetch(
+        "SELECT extract(epoch FROM a.accepted_at - i.created_at)::float8 AS seconds "
+        "FROM needs n JOIN intakes i USING (intake_id) "
+        "JOIN LATERAL (SELECT min(s.occurred_at) AS accepted_at FROM status_changes s "
+        "WHERE s.need_id = n.need_id AND s.status = 'accepted') a "
+        "ON a.accepted_at IS NOT NULL WHERE i.created_at >= $1 ORDER BY seconds",
+        since,
+    )
+    return [max(float(row["seconds"]), 0.0) for row in rows]
+
+
+async def agency_responses(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+    """Per agency, the offers made to it since ``since`` and how they were answered: counts,
+    and the median seconds from the offer to its first answer (accepted, declined or
+    expired; an expiry counts at the time it was recorded)."""
+    return list(
+        await conn.fetch(
+            "WITH offers AS (SELECT offer_id, min(agency_id) AS agency_id, "
+            "max(agency_name) AS agency_name, min(occurred_at) AS offered_at "
+            "FROM status_changes WHERE status = 'offered' AND offer_id IS NOT NULL "
+            "GROUP BY offer_id HAVING min(occurred_at) >= $1), "
+            "answers AS (SELECT DISTINCT ON (offer_id) offer_id, status, occurred_at "
+            "FROM status_changes WHERE offer_id IS NOT NULL "
+            "AND status IN ('accepted', 'declined', 'expired') "
+            "ORDER BY offer_id, occurred_at, sequence) "
+            "SELECT o.agency_id, max(o.agency_name) AS agency_name, count(*) AS offers, "
+            "count(*) FILTER (WHERE a.status = 'accepted') AS accepted, "
+            "count(*) FILTER (WHERE a.status = 'declined') AS declined, "
+            "count(*) FILTER (WHERE a.status = 'expired') AS expired, "
+            "percentile_cont(0.5) WITHIN GROUP (ORDER BY "
+            "extract(epoch FROM a.occurred_at - o.offered_at)) "
+            "FILTER (WHERE a.offer_id IS NOT NULL) AS median_response_s "
+            "FROM offers o LEFT JOIN answers a USING (offer_id) "
+            "GROUP BY o.agency_id ORDER BY o.agency_id",
+            since,
+        )
+    )

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import io
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from services.intake import dashboard
 from services.intake import repository as repo
 from services.intake.auth import (
     Admin,
@@ -62,6 +63,7 @@ from services.intake.models import (
     URGENCY_CHOICES,
 )
 from services.intake.tracker import SEARCHING, need_view
+from shared import dlq
 from shared.events import ConsentRecipients
 from shared.passwords import new_csrf_token
 
@@ -82,11 +84,6 @@ def _render(request: Request, template: str, status_code: int = 200, **context: 
     # Pages show a person's details: never keep them in a shared cache or the back button.
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -115,6 +112,12 @@ async def login(request: Request, form: CsrfForm) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, form: CsrfForm) -> Response:
+    """Ends the session here and on the server: a copy of the cookie is no longer let in.
+    The worker's other sessions (another browser) end with it."""
+    worker_id = request.session.get("worker_id")
+    if worker_id:
+        async with request.app.state.pool.acquire() as conn:
+            await repo.end_sessions(conn, UUID(worker_id), datetime.now(UTC))
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -419,6 +422,57 @@ async def disclosures_csv(request: Request, person_id: UUID, admin: Admin) -> Re
             "Cache-Control": "no-store",
         },
     )
+
+
+# --- administration: the operator dashboard -------------------------------------------------
+
+
+@router.get("/admin/dashboard", response_class=HTMLResponse)
+async def operator_dashboard(request: Request, admin: Admin) -> Response:
+    days = dashboard.window_days(request.query_params.get("days"))
+    return await _operator_dashboard(request, admin, days)
+
+
+async def _operator_dashboard(
+    request: Request, admin: Any, days: int, status_code: int = 200, error: str | None = None
+) -> Response:
+    state = request.app.state
+    now = state.clock.now()
+    shown = await dashboard.dashboard(request.app, state.pool, state.settings, now, days)
+    return _render(
+        request,
+        "admin_dashboard.html",
+        status_code,
+        worker=admin,
+        days=days,
+        flash=request.session.pop("dashboard_flash", None),
+        replay_error=error,
+        **shown,
+    )
+
+
+@router.post("/admin/dashboard/dlq/replay")
+async def replay_dead_letter(request: Request, admin: Admin, form: CsrfForm) -> Response:
+    """Re-produce one dead letter to its original topic, once; who did it is recorded."""
+    state = request.app.state
+    days = dashboard.window_days(form.get("days"))
+    topic = form.get("dlq_topic")
+    try:
+        at = dlq.Position(topic, int(form.get("dlq_partition")), int(form.get("dlq_offset")))
+        if at.partition < 0 or at.offset < 0:
+            raise ValueError("negative position")
+    except ValueError:
+        raise HTTPException(400, "Name the dead letter by topic, partition and offset.") from None
+    if topic not in dlq.dlq_topics():
+        raise HTTPException(400, f"{topic} is not a refnet dead-letter queue.")
+    try:
+        done = await dlq.replay(
+            state.pool, state.settings, at, f"worker:{admin['email']}", state.clock.now()
+        )
+    except dlq.ReplayRefused as refused:
+        return await _operator_dashboard(request, admin, days, 409, str(refused))
+    request.session["dashboard_flash"] = f"Replayed {done.original} to {done.to}."
+    return RedirectResponse(f"/admin/dashboard?days={days}#dead-letters", status_code=303)
 
 
 def _inert(cell: object) -> str:
