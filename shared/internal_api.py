@@ -5,9 +5,23 @@ agency API returns ReleasedContact as it is."""
 from __future__ import annotations
 
 from datetime import date, time
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+# A wall-clock time in the network's zone (LOCAL_TIMEZONE), sent as HH:MM:SS with no offset.
+# Not JSON Schema's "time" format: that is an RFC 3339 time, which carries an offset.
+LocalTime = Annotated[
+    time,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[0-2]\d:[0-5]\d(:[0-5]\d(\.\d+)?)?$",
+            "description": "Local time in the network's time zone, HH:MM:SS, no offset.",
+        }
+    ),
+]
 
 
 class ContactRelease(BaseModel):
@@ -37,7 +51,7 @@ class ReleasedContact(BaseModel):
     preferred_channel: str
     email: str | None
     phone: str | None
-    contact_from: time | None
-    contact_until: time | None
+    contact_from: LocalTime | None
+    contact_until: LocalTime | None
     consent: ConsentScopeOut
     notice: str

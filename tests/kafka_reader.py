@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.cloudevents import decode
+from shared.cloudevents import PoisonMessage, decode
 from shared.events import Event
 from shared.topics import TopicSpec
 
@@ -43,6 +43,19 @@ async def read_events(bootstrap: str, spec: TopicSpec) -> list[Event]:
     """Every event on the topic, decoded strictly as a refnet consumer would."""
     records = await read_topic(bootstrap, spec.name)
     return [decode(spec, r.key, r.value, r.headers).event for r in records]
+
+
+def decodable(spec: TopicSpec, records: Iterable[Any]) -> list[Event]:
+    """The events among ``records`` that decode, in order. Shared topics also carry records
+    written to be dead-lettered (tests/e2e/test_poison_every_topic.py): a reader skips them,
+    as every refnet consumer does (to its DLQ)."""
+    events = []
+    for r in records:
+        try:
+            events.append(decode(spec, r.key, r.value, r.headers).event)
+        except PoisonMessage:
+            continue
+    return events
 
 
 async def list_topics(bootstrap: str) -> list[str]:

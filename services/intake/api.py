@@ -26,7 +26,11 @@ from services.intake.models import IntakeRequest, check_dates
 from services.intake.tracker import need_view
 from shared.events import CheckInAnswer, NeedCategory, ReferralStatus, Urgency
 
-router = APIRouter(prefix="/api/v1", tags=["intakes"])
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["intakes"],
+    responses={400: {"description": "The body could not be read (not UTF-8 JSON)."}},
+)
 
 EXAMPLE_INTAKE: dict[str, Any] = {
     "submission_id": "6f1c2f0e-8f8e-4a55-9d0b-0d7c9b1f4e21",

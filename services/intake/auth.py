@@ -46,10 +46,17 @@ async def _session_worker(request: Request) -> asyncpg.Record:
         raise _to_login()
     async with request.app.state.pool.acquire() as conn:
         worker = await repo.worker_by_id(conn, UUID(worker_id))
-    if worker is None:  # disabled since they logged in
+    if worker is None or _ended(worker, request.session.get("login_at", 0)):
+        # disabled since they logged in, or they logged out (this may be a kept copy of the
+        # cookie: it is signed, not stored, so the server says which sessions are over)
         request.session.clear()
         raise _to_login()
     return worker
+
+
+def _ended(worker: asyncpg.Record, login_at: float) -> bool:
+    revoked = worker["sessions_revoked_at"]
+    return revoked is not None and login_at <= revoked.timestamp()
 
 
 async def _admin(worker: Annotated[asyncpg.Record, Depends(_session_worker)]) -> asyncpg.Record:

@@ -79,7 +79,7 @@ class FormValues:
 
     def need_row_count(self) -> int:
         rows = self.get("need_rows")
-        wanted = int(rows) if rows.isascii() and rows.isdigit() else 0
+        wanted = _small_int(rows, MAX_NEED_ROWS) if rows.isascii() and rows.isdigit() else 0
         return max(MIN_NEED_ROWS, min(wanted, MAX_NEED_ROWS))
 
 
@@ -209,8 +209,15 @@ def submission_of(form: FormValues) -> UUID | None:
 def barc10_total(form: FormValues) -> int | None:
     ratings = [form.get(f"recovery.barc10.{i}") for i in range(10)]
     if all(r.isascii() and r.isdigit() for r in ratings):
-        return sum(int(r) for r in ratings)
+        return sum(_small_int(r, 99) for r in ratings)
     return None
+
+
+def _small_int(digits: str, cap: int) -> int:
+    """ASCII ``digits`` as a number, at most ``cap``. int() itself refuses a string of more
+    than 4300 digits (ValueError), and a posted field can be any length."""
+    significant = digits.lstrip("0") or "0"
+    return min(int(significant), cap) if len(significant) <= len(str(cap)) else cap
 
 
 def field_id(name: str) -> str:

@@ -100,11 +100,26 @@ async def ensure_demo_user(pool: asyncpg.Pool, settings: NotificationsSettings) 
         )
 
 
-async def user_by_id(conn: asyncpg.Connection, user_id: str) -> AgencyUser | None:
+async def user_by_id(
+    conn: asyncpg.Connection, user_id: str, logged_in_at: float | None = None
+) -> AgencyUser | None:
+    """The active user; with ``logged_in_at`` (epoch seconds), only if a session that
+    logged in then has not been ended since (end_sessions)."""
     row = await conn.fetchrow(
-        "SELECT * FROM agency_users WHERE user_id = $1::uuid AND disabled_at IS NULL", user_id
+        "SELECT * FROM agency_users WHERE user_id = $1::uuid AND disabled_at IS NULL "
+        "AND ($2::float8 IS NULL OR sessions_revoked_at IS NULL "
+        "OR sessions_revoked_at < to_timestamp($2::float8))",
+        user_id,
+        logged_in_at,
     )
     return _user(row) if row else None
+
+
+async def end_sessions(conn: asyncpg.Connection, user_id: str, at: datetime) -> None:
+    """Every session of the user that logged in at or before ``at`` is over."""
+    await conn.execute(
+        "UPDATE agency_users SET sessions_revoked_at = $2 WHERE user_id = $1::uuid", user_id, at
+    )
 
 
 async def authenticate(

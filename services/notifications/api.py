@@ -21,11 +21,11 @@ from services.notifications.agency import (
     offer_of,
     view_contact,
 )
+from services.notifications.agency_keys import TooManyFailures, agency_for_key_from
 from services.notifications.fhir import ReferralRecord, referral_bundle
 from services.notifications.handlers import (
     Answer,
     Deps,
-    agency_for_key,
     answer_offer,
     hash_api_key,
     report_capacity,
@@ -40,7 +40,18 @@ from shared.events import (
 )
 from shared.internal_api import ReleasedContact
 
-router = APIRouter(prefix="/agency/v1", tags=["agency"])
+router = APIRouter(
+    prefix="/agency/v1",
+    tags=["agency"],
+    responses={
+        400: {"description": "The body could not be read (not UTF-8 JSON)."},
+        401: {"description": "No API key, or one that is unknown or revoked."},
+        429: {
+            "description": "Too many unknown or revoked keys from your address: every key "
+            "is refused until Retry-After (seconds) has passed."
+        },
+    },
+)
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -55,7 +66,22 @@ async def _agency(
 ) -> str:
     if credentials is None:
         raise HTTPException(401, "Send your API key as 'Authorization: Bearer <key>'.")
-    agency_id = await agency_for_key(_deps(request).pool, credentials.credentials)
+    deps = _deps(request)
+    try:
+        agency_id = await agency_for_key_from(
+            deps.pool,
+            credentials.credentials,
+            request.client.host if request.client else "unknown",
+            deps.clock.now(),
+            window_s=deps.settings.api_key_window_s,
+            max_failures=deps.settings.api_key_max_failures_per_address,
+        )
+    except TooManyFailures as over:
+        raise HTTPException(
+            429,
+            "Too many requests with unknown or revoked API keys from your address.",
+            headers={"Retry-After": str(over.retry_after_s)},
+        ) from None
     if agency_id is None:
         raise HTTPException(401, "This API key is unknown or revoked.")
     # Who asked, for the logs of contact views: the key's fingerprint, never the key.
@@ -143,12 +169,19 @@ async def _answer(
     return AnswerPublic(offer_id=offer_id, answer="accepted" if reason is None else "declined")
 
 
-@router.post("/offers/{offer_id}/accept", status_code=202)
+# What answering an offer may meet besides success.
+_ANSWER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Not your offer."},
+    409: {"description": "Already placed with another agency, or no longer open."},
+}
+
+
+@router.post("/offers/{offer_id}/accept", status_code=202, responses=_ANSWER_RESPONSES)
 async def accept_offer(offer_id: UUID, agency_id: AgencyId, deps: AppDeps) -> AnswerPublic:
     return await _answer(deps, agency_id, offer_id, None)
 
 
-@router.post("/offers/{offer_id}/decline", status_code=202)
+@router.post("/offers/{offer_id}/decline", status_code=202, responses=_ANSWER_RESPONSES)
 async def decline_offer(
     offer_id: UUID, body: DeclineBody, agency_id: AgencyId, deps: AppDeps
 ) -> AnswerPublic:
@@ -249,7 +282,14 @@ class OutcomePublic(BaseModel):
     outcome: Outcome
 
 
-@router.post("/offers/{offer_id}/outcome", status_code=202)
+@router.post(
+    "/offers/{offer_id}/outcome",
+    status_code=202,
+    responses={
+        404: {"description": "Not your offer."},
+        409: {"description": "Only the offer your agency accepted has an outcome."},
+    },
+)
 async def report_offer_outcome(
     offer_id: UUID, body: OutcomeBody, agency_id: AgencyId, deps: AppDeps
 ) -> OutcomePublic:

@@ -10,6 +10,7 @@ Every page is the agency's own: another agency's offer is a 404, like one that n
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -19,7 +20,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from services.notifications import repository as repo
-from services.notifications.accounts import AgencyUser, TooManyAttempts, authenticate, user_by_id
+from services.notifications.accounts import (
+    AgencyUser,
+    TooManyAttempts,
+    authenticate,
+    end_sessions,
+    user_by_id,
+)
 from services.notifications.agency import (
     TAKEN_ON,
     NotReleasedYet,
@@ -87,9 +94,10 @@ async def _signed_in(request: Request) -> AgencyUser:
     user_id = request.session.get("agency_user")
     max_age = _deps(request).settings.inbox_session_max_age_s
     user = None
-    if user_id and time.time() - request.session.get("login_at", 0) <= max_age:
+    login_at = request.session.get("login_at", 0)
+    if user_id and time.time() - login_at <= max_age:
         async with _deps(request).pool.acquire() as conn:
-            user = await user_by_id(conn, user_id)
+            user = await user_by_id(conn, user_id, logged_in_at=login_at)
     if user is None:
         request.session.pop("agency_user", None)
         raise HTTPException(303, headers={"Location": "/inbox/login"})
@@ -139,6 +147,12 @@ async def login(request: Request, form: Form) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, form: Form) -> Response:
+    """Ends the session here and on the server: a copy of the cookie is no longer let in.
+    The user's other sessions (another browser) end with it."""
+    user_id = request.session.get("agency_user")
+    if user_id:
+        async with _deps(request).pool.acquire() as conn:
+            await end_sessions(conn, user_id, datetime.now(UTC))
     request.session.clear()
     return _to("/inbox/login")
 

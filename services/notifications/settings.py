@@ -26,6 +26,11 @@ class NotificationsSettings(BaseServiceSettings):
     login_window_s: int = 15 * 60
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
+    # --- the agency HTTP API ---
+    # Requests with an unknown or revoked API key allowed per client address in the window;
+    # past that, every request with a key from the address is answered 429, key unchecked.
+    api_key_window_s: int = Field(default=15 * 60, ge=1)
+    api_key_max_failures_per_address: int = Field(default=20, ge=1)
     # Local runs only: a demo agency user for this agency, with this password.
     demo_agency_id: str = "ag-001"
     demo_agency_user_email: str = "demo.agency@refnet.local"

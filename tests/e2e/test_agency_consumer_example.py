@@ -22,7 +22,7 @@ from shared.cloudevents import decode, encode
 from shared.events import Constraints, Insurance, NeedCategory, ReferralOffered, ReferralStatus
 from shared.topics import NEEDS, REFERRAL_EVENTS, agency_offers
 from tests.factories import need_submitted
-from tests.kafka_reader import eventually, read_topic
+from tests.kafka_reader import decodable, eventually, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -106,8 +106,7 @@ async def _submit(bootstrap: str, need: Any) -> None:
 
 
 async def _offered(bootstrap: str, need_id: UUID) -> Any:
-    for record in await read_topic(bootstrap, REFERRAL_EVENTS.name):
-        change = decode(REFERRAL_EVENTS, record.key, record.value, record.headers).event
+    for change in decodable(REFERRAL_EVENTS, await read_topic(bootstrap, REFERRAL_EVENTS.name)):
         if change.need_id == need_id and change.status == ReferralStatus.OFFERED:
             return change
     return None

@@ -25,12 +25,12 @@ from aiokafka import AIOKafkaProducer
 from services.local_stack import LocalStack
 from services.matching.directory.admin import DEMO_PACKAGE
 from services.matching.directory.package import read_package
-from shared.cloudevents import decode, encode
+from shared.cloudevents import encode
 from shared.events import Constraints, Insurance, NeedCategory, NeedSubmitted, ReferralStatus
 from shared.topics import AGENCIES, CAPACITY_UPDATES, NEEDS, REFERRAL_EVENTS
 from tests.e2e.cli import refnet_cli
 from tests.factories import need_submitted
-from tests.kafka_reader import eventually, header, read_topic
+from tests.kafka_reader import decodable, eventually, header, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -73,8 +73,8 @@ async def outcomes(stack: LocalStack, need_ids: set[UUID]) -> dict[UUID, list[An
     """Every status change published for these needs, in order, per need."""
     assert stack.infra is not None
     found: dict[UUID, list[Any]] = {}
-    for record in await read_topic(stack.infra.kafka_bootstrap_servers, REFERRAL_EVENTS.name):
-        change = decode(REFERRAL_EVENTS, record.key, record.value, record.headers).event
+    records = await read_topic(stack.infra.kafka_bootstrap_servers, REFERRAL_EVENTS.name)
+    for change in decodable(REFERRAL_EVENTS, records):
         if change.need_id in need_ids:
             found.setdefault(change.need_id, []).append(change)
     return found

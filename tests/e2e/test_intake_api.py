@@ -11,7 +11,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from services.intake.app import create_app
 from services.intake.security import generate_key
@@ -80,14 +83,20 @@ def api_token(stack: LocalStack) -> str:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_the_api_keeps_its_own_contract(
     case: schemathesis.Case, stack: LocalStack, api_token: str
 ) -> None:
     response = case.call_and_validate(
         base_url=stack.intake_url,
         headers={"Authorization": f"Bearer {api_token}"},
-        checks=[not_a_server_error, response_schema_conformance],
+        checks=[not_a_server_error, response_schema_conformance, status_code_conformance],
     )
     SEEN.setdefault(case.operation.label, set()).add(response.status_code)
 

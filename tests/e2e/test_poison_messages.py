@@ -10,11 +10,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.local_stack import LocalStack
-from shared.cloudevents import decode, encode
+from shared.cloudevents import encode
 from shared.events import NeedCategory, ReferralStatus
 from shared.topics import NEEDS, REFERRAL_EVENTS
 from tests.factories import need_submitted
-from tests.kafka_reader import eventually, header, read_topic
+from tests.kafka_reader import decodable, eventually, header, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +57,8 @@ async def test_malformed_need_goes_to_the_dlq_and_the_next_need_is_matched(
 
     # And the valid need behind it is still offered to an agency
     async def offered() -> bool:
-        for r in await read_topic(bootstrap, REFERRAL_EVENTS.name):
-            change = decode(REFERRAL_EVENTS, r.key, r.value, r.headers).event
+        records = await read_topic(bootstrap, REFERRAL_EVENTS.name)
+        for change in decodable(REFERRAL_EVENTS, records):
             if change.need_id == need.need_id and change.status == ReferralStatus.OFFERED:
                 return True
         return False

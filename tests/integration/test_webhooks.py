@@ -11,9 +11,10 @@ import hmac
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -400,7 +401,12 @@ async def test_the_cli_replays_and_enables(
 class ApiDeps:  # what the agency API reads from the app's Deps
     pool: asyncpg.Pool
     clock: ManualClock
-    settings: object = None
+    # the API-key throttle's (tests/integration/test_brute_force.py tests it)
+    settings: object = field(
+        default_factory=lambda: SimpleNamespace(
+            api_key_window_s=900, api_key_max_failures_per_address=20
+        )
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="session")
