@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-e2e lint fmt clean bench bench-reminders
+.PHONY: up test test-unit test-integration test-e2e lint fmt clean bench bench-matching \
+	bench-reminders reliability
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,25 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
-## Run both benchmarks: matching (time per need by directory size, throughput against a bare
-## Kafka loop), then reminders.
+## Reliability under faults (tests/reliability/README.md): 300 needs through the whole stack
+## while matching, notifications and intake are SIGKILLed, Postgres restarted and the broker
+## paused, each 4 times (`make test` runs 40 needs, each fault once); under 10 min on 2
+## cores. Prints the table and writes build/reliability/report.json.
+RELIABILITY_NEEDS ?= 300
+RELIABILITY_ROUNDS ?= 4
+reliability: $(STAMP)
+	RELIABILITY_NEEDS=$(RELIABILITY_NEEDS) RELIABILITY_ROUNDS=$(RELIABILITY_ROUNDS) \
+		$(BIN)/pytest -q tests/reliability
+
+## The pipeline benchmark (~6-8 min on 2 cores, under 10): the whole stack against a bare
+## broker and a bare web+db baseline, intake's rate, end-to-end needs/s and latency at 50,
+## 200 and 500 needs/s; writes docs/bench/report.json, report.md and latency.svg.
 bench: $(STAMP)
-	$(BIN)/python -m bench.matching && $(BIN)/python -m bench.reminders
+	$(BIN)/python -m bench.pipeline
+
+## Measure matching: time per need by directory size, throughput against a bare Kafka loop.
+bench-matching: $(STAMP)
+	$(BIN)/python -m bench.matching
 
 ## Measure reminders: 100,000 due reminders drained into the SMTP sink against its raw rate.
 bench-reminders: $(STAMP)

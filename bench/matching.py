@@ -34,8 +34,18 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
+from bench.common import (
+    BASELINE_BATCH,
+    Baseline,
+    bare_loop,
+    env_int,
+    machine_ticks,
+    pct,
+    process_cpu_seconds,
+    produce_all,
+)
 from services.local_stack import prepare
 from services.matching import repository as repo
 from services.matching.directory.admin import DEMO_PACKAGE
@@ -65,10 +75,6 @@ from tests.factories import ServiceSpec, agency_profile, need_submitted
 SERVICES_DIR = Path(__file__).parents[1] / "services"
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 def _env_sizes() -> tuple[int, ...]:
     raw = os.environ.get("BENCH_SIZES", "100,10000,100000")
     return tuple(int(part) for part in raw.split(",") if part.strip())
@@ -76,10 +82,10 @@ def _env_sizes() -> tuple[int, ...]:
 
 # --- settings (BENCH_* environment variables override them, for quicker trial runs) --------
 
-SEED = _env_int("BENCH_SEED", 20261123)
+SEED = env_int("BENCH_SEED", 20261123)
 SIZES = _env_sizes()
-RANK_NEEDS = _env_int("BENCH_RANK_NEEDS", 600)
-RANK_WARMUP = _env_int("BENCH_RANK_WARMUP", 50)
+RANK_NEEDS = env_int("BENCH_RANK_NEEDS", 600)
+RANK_WARMUP = env_int("BENCH_RANK_WARMUP", 50)
 RANK_CHUNK = 100
 SERVICES_PER_ZIP = 10  # one synthetic ZIP code per ~10 services: the region grows in area
 ZIPS_PER_COUNTY_SIDE = 5  # counties are 5 x 5 blocks of ZIP codes (~25 ZIPs)
@@ -522,11 +528,6 @@ async def part1(infra: Infrastructure) -> list[SizeResult]:
             await drop_schema(infra.database_url, d.schema)
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def _timing(plan: list[str], what: str) -> str:
     line = next((line for line in plan if line.strip().startswith(f"{what} Time:")), "")
     return line.split(":", 1)[1].strip() if line else "n/a"
@@ -585,8 +586,8 @@ def report_part1(results: list[SizeResult]) -> None:
     )
     for r in results:
         out(
-            f"  {r.size:>9,} {r.mean_ms:>6.2f} {_pct(r.times_ms, 0.5):>6.2f} "
-            f"{_pct(r.times_ms, 0.95):>6.2f} {max(r.times_ms):>6.2f} | "
+            f"  {r.size:>9,} {r.mean_ms:>6.2f} {pct(r.times_ms, 0.5):>6.2f} "
+            f"{pct(r.times_ms, 0.95):>6.2f} {max(r.times_ms):>6.2f} | "
             f"{statistics.fmean(r.candidates):>10.1f} {statistics.fmean(r.in_area):>7.1f} "
             f"{statistics.fmean(r.eligible):>6.1f} | "
             f"{statistics.fmean(r.query_ms):>5.2f} {statistics.fmean(r.stats_ms):>5.2f} "
@@ -638,8 +639,8 @@ def report_part1(results: list[SizeResult]) -> None:
 
 # --- part 2: matching's throughput against a bare consume-then-produce loop --------------
 
-THROUGHPUT_NEEDS = _env_int("BENCH_THROUGHPUT_NEEDS", 2000)
-THROUGHPUT_WARMUP = _env_int("BENCH_THROUGHPUT_WARMUP", 50)
+THROUGHPUT_NEEDS = env_int("BENCH_THROUGHPUT_NEEDS", 2000)
+THROUGHPUT_WARMUP = env_int("BENCH_THROUGHPUT_WARMUP", 50)
 PARTITIONS = 3
 SHARE_TARGET = 0.30
 DEMO_NEEDS = (
@@ -653,7 +654,6 @@ DEMO_NEEDS = (
 BASELINE_IN = "bench.baseline.needs"
 BASELINE_OUT = "bench.baseline.out"
 SOURCE = "/refnet/bench"
-BASELINE_BATCH = 200  # records per getmany(), as shared.kafka.consume takes them
 BASELINE_RUNS = 5
 MATCHING_READY_S = 180
 MATCHING_RUN_LIMIT_S = 300
@@ -680,77 +680,6 @@ def demo_need_records(rng: random.Random, count: int) -> list[tuple[bytes, bytes
     return records
 
 
-async def produce_all(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, Headers]]
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        sends = [
-            await producer.send(topic, key=key, value=value, headers=headers)
-            for key, value, headers in records
-        ]
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-
-
-@dataclass
-class Baseline:
-    needs: int
-    seconds: float
-    batches: int
-
-    @property
-    def rate(self) -> float:
-        return self.needs / self.seconds
-
-
-async def bare_loop(
-    bootstrap: str, records: list[tuple[bytes, bytes, Headers]], run: int
-) -> Baseline:
-    """The bare loop: consume a batch (consumer group, no auto-commit), produce one record per
-    consumed record (acks=all), wait for every ack, then commit the batch's offsets. Each run
-    reads the same pre-loaded input topic as a new consumer group."""
-    consumer = AIOKafkaConsumer(
-        BASELINE_IN,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-baseline-{os.getpid()}-{run}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await consumer.start()
-    await producer.start()
-    done = batches = 0
-    first: float | None = None
-    last_ack = 0.0
-    try:
-        while done < len(records):
-            fetched = await consumer.getmany(timeout_ms=1000, max_records=BASELINE_BATCH)
-            if not fetched:
-                continue
-            if first is None:
-                first = time.perf_counter()
-            sends = [
-                await producer.send(
-                    BASELINE_OUT, key=r.key, value=r.value, headers=list(r.headers or ())
-                )
-                for rs in fetched.values()
-                for r in rs
-            ]
-            await asyncio.gather(*sends)
-            last_ack = time.perf_counter()
-            await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in fetched.items()})
-            done += len(sends)
-            batches += 1
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    assert first is not None
-    return Baseline(done, last_ack - first, batches)
-
-
 @dataclass
 class MatchingRun:
     needs: int
@@ -768,17 +697,6 @@ class MatchingRun:
     @property
     def rate(self) -> float:
         return self.needs / self.seconds
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_ticks() -> tuple[int, int]:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
 
 
 async def _progress(conn: asyncpg.Connection) -> tuple[int, int]:
@@ -837,13 +755,13 @@ async def run_matching(
         published_before = await conn.fetchval(
             "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
         )
-        cpu0, (busy0, total0) = _process_cpu_seconds(proc.pid), _machine_ticks()
+        cpu0, (busy0, total0) = process_cpu_seconds(proc.pid), machine_ticks()
         t0 = time.perf_counter()
         await produce_all(bootstrap, NEEDS.name, records)
         produced = time.perf_counter() - t0
         complete = await _wait_settled(conn, base + len(records), MATCHING_RUN_LIMIT_S, proc)
         seconds = time.perf_counter() - t0
-        cpu1, (busy1, total1) = _process_cpu_seconds(proc.pid), _machine_ticks()
+        cpu1, (busy1, total1) = process_cpu_seconds(proc.pid), machine_ticks()
         decided, _ = await _progress(conn)
         outcomes = await conn.fetch(
             "SELECT status, count(*) AS n FROM referrals WHERE need_id = ANY($1::uuid[]) "
@@ -875,7 +793,7 @@ async def run_matching(
 
 # --- part 2b: where the need handler spends its time, in this process ------------------
 
-PROFILE_NEEDS = _env_int("BENCH_PROFILE_NEEDS", 300)
+PROFILE_NEEDS = env_int("BENCH_PROFILE_NEEDS", 300)
 
 
 @dataclass
@@ -984,8 +902,8 @@ async def profile_handler(
     return HandlerProfile(
         needs=len(times),
         mean_ms=statistics.fmean(times),
-        p50_ms=_pct(times, 0.5),
-        p95_ms=_pct(times, 0.95),
+        p50_ms=pct(times, 0.5),
+        p95_ms=pct(times, 0.95),
         cpu_ms=cpu_ms,
         statements_per_need=sum(len(v) for v in statements.values()) / n,
         sql_ms_per_need=sum(sum(v) for v in statements.values()) / n,
@@ -1038,7 +956,10 @@ async def part2(infra: Infrastructure, run_dir: Path) -> Throughput:
     sys.stderr.write(f"bench: part 2, bare loop over {len(records):,} records...\n")
     await ensure_topics(bootstrap, [BASELINE_IN, BASELINE_OUT], PARTITIONS)
     await produce_all(bootstrap, BASELINE_IN, records)
-    runs = [await bare_loop(bootstrap, records, run) for run in range(BASELINE_RUNS)]
+    runs = [
+        await bare_loop(bootstrap, BASELINE_IN, BASELINE_OUT, records, run)
+        for run in range(BASELINE_RUNS)
+    ]
     baseline = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
     sys.stderr.write("bench: part 2, starting matching and waiting for the warm-up needs...\n")
     log_path = run_dir / "matching.log"
