@@ -20,11 +20,23 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     wait_exponential_jitter,
 )
@@ -349,17 +361,45 @@ async def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -
     return highwater is not None and await consumer.position(tp) >= max(highwater, end)
 
 
+# The broker is up and said no: waiting will not change that, a setting or an ACL must.
+KAFKA_REFUSALS: tuple[type[KafkaError], ...] = (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+)
+
+
+class KafkaAccessRefused(RuntimeError):
+    """Start-up stops on this, naming what to fix, instead of retrying forever."""
+
+
 async def wait_until_ready(what: str, attempt: Callable[[], Awaitable[object]]) -> None:
-    """Retry a start-up step with backoff while the dependency is down (forever, loudly)."""
-    async for retrying in AsyncRetrying(
-        retry=retry_if_exception_type((*TRANSIENT_ERRORS, KafkaError)),
-        wait=wait_exponential_jitter(initial=0.5, max=10),
-        stop=stop_after_delay(3600 * 24 * 365),
-        before_sleep=lambda s: log.warning("%s not ready (%s); retrying", what, _error(s)),
-        reraise=True,
-    ):
-        with retrying:
-            await attempt()
+    """Retry a start-up step with backoff while the dependency is down (forever, loudly);
+    a broker that refuses the login or a permission stops it with what to fix."""
+    try:
+        async for retrying in AsyncRetrying(
+            retry=retry_if_exception(_worth_waiting_for),
+            wait=wait_exponential_jitter(initial=0.5, max=10),
+            stop=stop_after_delay(3600 * 24 * 365),
+            before_sleep=lambda s: log.warning("%s not ready (%s); retrying", what, _error(s)),
+            reraise=True,
+        ):
+            with retrying:
+                await attempt()
+    except KAFKA_REFUSALS as refused:
+        raise KafkaAccessRefused(
+            f"{what}: the broker refused ({type(refused).__name__}: {refused}); check "
+            "KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, "
+            "KAFKA_SASL_PASSWORD and this service's ACLs (deploy/kafka/init.sh)"
+        ) from refused
+
+
+def _worth_waiting_for(exc: BaseException) -> bool:
+    return isinstance(exc, (*TRANSIENT_ERRORS, KafkaError)) and not isinstance(exc, KAFKA_REFUSALS)
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
