@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.cloudevents import PoisonMessage, decode
-from shared.events import Event
-from shared.topics import TopicSpec
+from shared.events import Event, ReferralOffered
+from shared.topics import TopicSpec, agency_offers
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[Any]:
@@ -87,3 +87,27 @@ def header(record: Any, name: str) -> str | None:
         if key == name:
             return bytes(value).decode()
     return None
+
+
+async def offers_not_yet_read(bootstrap: str, agency_id: str) -> int:
+    """Offers on the agency's topic after what its consumer group (``agency-<id>``, as the
+    README example and `refnet agency listen` use) has committed: how many it will see."""
+    spec = agency_offers(agency_id)
+    records = await read_topic(bootstrap, spec.name)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=f"agency-{agency_id}", enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        start = {
+            p: await reader.committed(TopicPartition(spec.name, p))
+            for p in {r.partition for r in records}
+        }
+    finally:
+        await reader.stop()
+    return sum(
+        1
+        for r in records
+        if r.offset >= (start.get(r.partition) or 0)
+        and isinstance(decode(spec, r.key, r.value, r.headers).event, ReferralOffered)
+    )

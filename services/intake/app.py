@@ -4,10 +4,8 @@ aftercare check-in answers."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import uuid4
@@ -24,26 +22,16 @@ from services.intake.security import PersonIndex, PiiCipher
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
 from shared.contract import asyncapi_router
-from shared.db import create_pool
 from shared.health import (
     DATABASE_UNAVAILABLE,
-    AiokafkaConsumerProbe,
     Probe,
     StartupGate,
     database_unavailable,
     start_in_background,
 )
 from shared.health import router as health_router
-from shared.kafka import (
-    DeadLetters,
-    cancel_and_wait,
-    consume,
-    make_consumer,
-    make_producer,
-    wait_until_ready,
-)
-from shared.outbox import OutboxRelay
 from shared.passwords import hash_password
+from shared.service import ServiceLifecycle
 from shared.topics import AFTERCARE, REFERRAL_EVENTS
 from shared.tracing import TraceMiddleware
 
@@ -59,63 +47,24 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
         # Start-up waits for Postgres and Kafka in the background, so the server answers
         # /healthz and /readyz (503, saying what is missing) while they are down; pages are
         # served once the database is there.
-        probe: Probe = app.state.probe
-        stops: list[Callable[[], Awaitable[None]]] = []
-        tasks: list[asyncio.Task[None]] = []
+        life = ServiceLifecycle("intake", settings, SCHEMA, app.state.probe)
 
         async def start() -> None:
-            pool = None
-
-            async def connect() -> None:
-                nonlocal pool
-                pool = await create_pool(settings.database_url, SCHEMA)
-
-            await wait_until_ready("Postgres", connect)
-            assert pool is not None
-            stops.append(pool.close)
-            probe.pool = pool
+            pool = await life.postgres()
             if settings.is_local and settings.demo_worker_password:
                 await _ensure_demo_worker(pool, settings)
             app.state.pool = pool
-            probe.accepting = True
-            producer = make_producer(settings, "intake")
-            # Registered before starting: a shutdown while Kafka is down still closes it.
-            stops.append(producer.stop)
-            await wait_until_ready("Kafka producer", producer.start)
-            probe.producer = producer
+            life.probe.accepting = True
             # One group for both topics: the group id predates aftercare, and renaming it
             # would replay every referral event.
             followed = [REFERRAL_EVENTS, AFTERCARE]
-            consumer = make_consumer(settings, STATUS_CONSUMER, *(t.name for t in followed))
-            stops.append(consumer.stop)
-            await wait_until_ready("Kafka consumer", consumer.start)
-            probe.consumer = AiokafkaConsumerProbe(consumer)
-            relay = OutboxRelay(
-                pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
-            )
-            tasks.append(asyncio.create_task(relay.run(), name="intake-outbox"))
-            tasks.append(
-                asyncio.create_task(
-                    consume(
-                        consumer,
-                        followed,
-                        lambda env: on_event(pool, env),
-                        DeadLetters(producer, STATUS_CONSUMER),
-                        max_attempts=settings.consumer_max_attempts,
-                    ),
-                    name="intake-event-consumer",
-                )
-            )
+            await life.kafka(pool, STATUS_CONSUMER, followed, lambda env: on_event(pool, env))
 
         startup = start_in_background(start(), "intake-start-up")
         try:
             yield
         finally:
-            probe.accepting = False
-            await cancel_and_wait(startup, *tasks)
-            for stop in reversed(stops):  # the consumer, the producer, then the pool
-                with contextlib.suppress(Exception):
-                    await stop()
+            await life.stop(startup)
 
     app = FastAPI(
         title="refnet intake API",

@@ -100,7 +100,6 @@ class MatchingApp(faust.App):
         await wait_until_ready("Postgres", connect)
         assert pool is not None
         self.probe.pool = pool
-        self.probe.accepting = True
         self._relay_producer = make_producer(settings, "matching")
         await wait_until_ready("Kafka producer", self._relay_producer.start)
         self.probe.producer = self._relay_producer

@@ -161,22 +161,31 @@ async def agency_for_key_from(
     address has ``max_failures`` failures within the last ``window_s`` seconds; it says when
     the oldest of those that block it leaves the window."""
     since = now - timedelta(seconds=window_s)
-    async with pool.acquire() as conn, conn.transaction():
-        # One address's requests take turns, so parallel guesses cannot all pass the count.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('api-key:' || $1))", address)
-        blocking = await conn.fetchval(
-            "SELECT failed_at FROM api_key_failures WHERE address = $1 AND failed_at > $2 "
-            "ORDER BY failed_at DESC OFFSET $3 LIMIT 1",
-            address,
-            since,
-            max_failures - 1,
-        )
-        if blocking is not None:
-            raise TooManyFailures(max(1, math.ceil((blocking - since).total_seconds())))
+    async with pool.acquire() as conn:
+        await _refuse_if_blocked(conn, address, since, max_failures)
         agency_id = await repo.agency_for_key(conn, hash_api_key(key))
-        if agency_id is None:
+        if agency_id is not None:
+            return agency_id  # the common case: no lock, nothing written
+        async with conn.transaction():
+            # One address's failures take turns, so parallel guesses cannot all pass the count.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('api-key:' || $1))", address)
+            await _refuse_if_blocked(conn, address, since, max_failures)
             await conn.execute("DELETE FROM api_key_failures WHERE failed_at <= $1", since)
             await conn.execute(
                 "INSERT INTO api_key_failures (address, failed_at) VALUES ($1, $2)", address, now
             )
-        return agency_id
+        return None
+
+
+async def _refuse_if_blocked(
+    conn: asyncpg.Connection, address: str, since: datetime, max_failures: int
+) -> None:
+    blocking = await conn.fetchval(
+        "SELECT failed_at FROM api_key_failures WHERE address = $1 AND failed_at > $2 "
+        "ORDER BY failed_at DESC OFFSET $3 LIMIT 1",
+        address,
+        since,
+        max_failures - 1,
+    )
+    if blocking is not None:
+        raise TooManyFailures(max(1, math.ceil((blocking - since).total_seconds())))

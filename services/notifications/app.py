@@ -4,10 +4,8 @@ durable scheduler and the outbox relay."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -29,25 +27,15 @@ from services.notifications.sms import SmsChannel
 from services.notifications.webhooks import WebhookSender
 from shared.clock import Clock, clock_for
 from shared.contract import asyncapi_router
-from shared.db import create_pool
 from shared.health import (
     DATABASE_UNAVAILABLE,
-    AiokafkaConsumerProbe,
     Probe,
     StartupGate,
     database_unavailable,
     start_in_background,
 )
 from shared.health import router as health_router
-from shared.kafka import (
-    DeadLetters,
-    cancel_and_wait,
-    consume,
-    make_consumer,
-    make_producer,
-    wait_until_ready,
-)
-from shared.outbox import OutboxRelay
+from shared.service import ServiceLifecycle
 from shared.topics import CONSENT_EVENTS, NEEDS, REFERRAL_EVENTS
 from shared.tracing import TraceMiddleware
 
@@ -93,66 +81,26 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         # Start-up waits for Postgres and Kafka in the background, so the server answers
         # /healthz and /readyz (503, saying what is missing) while they are down; the API
         # and pages are served once the database is there.
-        probe: Probe = app.state.probe
-        stops: list[Callable[[], Awaitable[None]]] = []
-        tasks: list[asyncio.Task[None]] = []
+        life = ServiceLifecycle("notifications", settings, SCHEMA, app.state.probe)
 
         async def start() -> None:
-            pool = None
-
-            async def connect() -> None:
-                nonlocal pool
-                pool = await create_pool(settings.database_url, SCHEMA)
-
-            await wait_until_ready("Postgres", connect)
-            assert pool is not None
-            stops.append(pool.close)
-            probe.pool = pool
+            pool = await life.postgres()
             deps = build_deps(pool, clock, settings)
-            stops.append(lambda: close_deps(deps))
-            probe.on_scrape.append(lambda conn: measure_due_jobs(conn, clock))
+            life.on_stop(lambda: close_deps(deps))
+            life.probe.on_scrape.append(lambda conn: measure_due_jobs(conn, clock))
             if settings.is_local and settings.demo_agency_user_password:
                 await ensure_demo_user(pool, settings)
             app.state.deps = deps
-            probe.accepting = True
-            producer = make_producer(settings, "notifications")
-            # Registered before starting: a shutdown while Kafka is down still closes it.
-            stops.append(producer.stop)
-            await wait_until_ready("Kafka producer", producer.start)
-            probe.producer = producer
+            life.probe.accepting = True
             topics = [NEEDS, REFERRAL_EVENTS, CONSENT_EVENTS]
-            consumer = make_consumer(settings, CONSUMER, *(spec.name for spec in topics))
-            stops.append(consumer.stop)
-            await wait_until_ready("Kafka consumer", consumer.start)
-            probe.consumer = AiokafkaConsumerProbe(consumer)
-            relay = OutboxRelay(
-                pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
-            )
-            tasks.append(asyncio.create_task(relay.run(), name="notifications-outbox"))
-            tasks.append(asyncio.create_task(run_scheduler(deps), name="notifications-scheduler"))
-            tasks.append(
-                asyncio.create_task(
-                    consume(
-                        consumer,
-                        topics,
-                        lambda env: handle_event(deps, env),
-                        DeadLetters(producer, CONSUMER),
-                        max_attempts=settings.consumer_max_attempts,
-                    ),
-                    name="notifications-consumer",
-                )
-            )
+            await life.kafka(pool, CONSUMER, topics, lambda env: handle_event(deps, env))
+            life.spawn(run_scheduler(deps), "scheduler")
 
         startup = start_in_background(start(), "notifications-start-up")
         try:
             yield
         finally:
-            probe.accepting = False
-            await cancel_and_wait(startup, *tasks)
-            # The consumer, the producer, the clients, then the pool.
-            for stop in reversed(stops):
-                with contextlib.suppress(Exception):
-                    await stop()
+            await life.stop(startup)
 
     app = FastAPI(title="refnet agency API", version="1", lifespan=lifespan)
     app.state.probe = Probe(

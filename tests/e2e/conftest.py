@@ -6,8 +6,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from services.local_stack import LocalStack, Ports
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +47,20 @@ async def intake_db(stack: LocalStack) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute("SET search_path TO intake")
     yield conn
     await conn.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context.new_page()
+    context.close()

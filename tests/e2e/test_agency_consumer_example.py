@@ -15,14 +15,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from services.local_stack import LocalStack
 from shared.cloudevents import decode, encode
 from shared.events import Constraints, Insurance, NeedCategory, ReferralOffered, ReferralStatus
 from shared.topics import NEEDS, REFERRAL_EVENTS, agency_offers
 from tests.factories import need_submitted
-from tests.kafka_reader import decodable, eventually, read_topic
+from tests.kafka_reader import decodable, eventually, offers_not_yet_read, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ async def test_the_example_consumer_prints_the_offer_made_to_its_agency(stack: L
     )
     # The example stops after REFNET_MAX_OFFERS offers; its group (the agency's, shared with
     # `refnet agency listen`) resumes where it last committed, so count what it has not read.
-    unread = await _offers_not_yet_read(bootstrap, agency_id)
+    unread = await offers_not_yet_read(bootstrap, agency_id)
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -120,27 +120,4 @@ async def _offer_on_topic(bootstrap: str, agency_id: str, need_id: UUID) -> bool
             decode(spec, r.key, r.value, r.headers).event
             for r in await read_topic(bootstrap, spec.name)
         )
-    )
-
-
-async def _offers_not_yet_read(bootstrap: str, agency_id: str) -> int:
-    """Offers on the agency's topic after what its consumer group has committed."""
-    spec = agency_offers(agency_id)
-    records = await read_topic(bootstrap, spec.name)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"agency-{agency_id}", enable_auto_commit=False
-    )
-    await reader.start()
-    try:
-        start = {
-            p: await reader.committed(TopicPartition(spec.name, p))
-            for p in {r.partition for r in records}
-        }
-    finally:
-        await reader.stop()
-    return sum(
-        1
-        for r in records
-        if r.offset >= (start.get(r.partition) or 0)
-        and isinstance(decode(spec, r.key, r.value, r.headers).event, ReferralOffered)
     )

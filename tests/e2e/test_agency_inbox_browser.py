@@ -5,45 +5,23 @@ worker's tracker then shows."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
 from tests.e2e.browser import Person, WorkerBrowser, intake_form, stack_today
+from tests.e2e.chromium import accessibility_problems, needs_chromium
 from tests.e2e.cli import refnet_cli
-from tests.e2e.test_intake_browser import CHROMIUM, CHROMIUM_ARGS, accessibility_problems
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("REFNET_REQUIRE_BROWSER"),
-        reason="browser tests need Debian's chromium: apt-get install -y chromium",
-    ),
+    needs_chromium,
 ]
 # Waiting for the network to route a need or apply an answer, not a measure of speed.
 ROUTING_WAIT_MS = 90_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
 
 
 def offered_need(stack: LocalStack, person: Person) -> tuple[WorkerBrowser, str, str, str]:

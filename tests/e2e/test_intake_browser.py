@@ -4,67 +4,25 @@ move to offered and accepted without reloading. axe-core checks each page on the
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from services.intake.models import BARC10_ITEMS
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
+from tests.e2e.chromium import accessibility_problems, needs_chromium
 from tests.e2e.cli import refnet_cli
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without these, Chromium keeps calling out to Google's services, which this network refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-BLOCKING_IMPACTS = {"serious", "critical"}
 # Waiting for the network to route a need, not a measure of speed.
 ROUTING_WAIT_MS = 90_000
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("REFNET_REQUIRE_BROWSER"),
-        reason="browser tests need Debian's chromium: apt-get install -y chromium",
-    ),
+    needs_chromium,
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
-
-
-def accessibility_problems(page: Page) -> list[str]:
-    results = Axe().run(page)
-    return [
-        f"{v['impact']} {v['id']}: {v['help']} at {[n['target'] for n in v['nodes']]}"
-        for v in results.response["violations"]
-        if v["impact"] in BLOCKING_IMPACTS
-    ]
 
 
 def log_in(page: Page, stack: LocalStack) -> None:

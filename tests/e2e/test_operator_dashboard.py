@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
 from shared.clock import OffsetFileClock
@@ -44,43 +44,19 @@ from tests.e2e.browser import (
     intake_form,
     stack_today,
 )
-from tests.e2e.test_intake_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    accept_over_http,
-    accessibility_problems,
-)
+from tests.e2e.chromium import accessibility_problems, needs_chromium
+from tests.e2e.test_intake_browser import accept_over_http
 from tests.factories import need_submitted
 from tests.kafka_reader import decodable, header, read_topic
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("REFNET_REQUIRE_BROWSER"),
-        reason="browser tests need Debian's chromium: apt-get install -y chromium",
-    ),
+    needs_chromium,
 ]
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "images" / "operator-dashboard.png"
 # Bounds how long a broken build takes to say so; nothing here measures speed.
 WAIT_S = 90
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    yield context.new_page()
-    context.close()
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -10,12 +10,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.intake.models import age_on
 from services.local_stack import DEMO_WORKER_EMAIL, LocalStack
 from shared.clock import OffsetFileClock
-from shared.cloudevents import decode
 from shared.events import Insurance, RecoveryStage, ReferralOffered
 from shared.topics import agency_offers
 from tests.e2e.browser import (
@@ -25,7 +23,13 @@ from tests.e2e.browser import (
     stack_today,
 )
 from tests.e2e.cli import refnet_cli
-from tests.kafka_reader import eventually, list_topics, read_events, read_topic
+from tests.kafka_reader import (
+    eventually,
+    list_topics,
+    offers_not_yet_read,
+    read_events,
+    read_topic,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,32 +38,6 @@ async def offers_on_topic(stack: LocalStack, agency_id: str) -> list[ReferralOff
     assert stack.infra is not None
     events = await read_events(stack.infra.kafka_bootstrap_servers, agency_offers(agency_id))
     return [e for e in events if isinstance(e, ReferralOffered)]
-
-
-async def offers_not_yet_read(stack: LocalStack, agency_id: str) -> int:
-    """Offers on the agency's topic after what its reference consumer group has committed:
-    how many `refnet agency listen` will see (other tests may have listened before)."""
-    assert stack.infra is not None
-    bootstrap = stack.infra.kafka_bootstrap_servers
-    spec = agency_offers(agency_id)
-    records = await read_topic(bootstrap, spec.name)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"agency-{agency_id}", enable_auto_commit=False
-    )
-    await reader.start()
-    try:
-        start = {
-            p: await reader.committed(TopicPartition(spec.name, p))
-            for p in {r.partition for r in records}
-        }
-    finally:
-        await reader.stop()
-    return sum(
-        1
-        for r in records
-        if r.offset >= (start.get(r.partition) or 0)
-        and isinstance(decode(spec, r.key, r.value, r.headers).event, ReferralOffered)
-    )
 
 
 def texts_to(stack: LocalStack, person: Person) -> list[dict[str, Any]]:
@@ -127,7 +105,9 @@ async def referral_loop(stack: LocalStack) -> dict[str, Any]:
     await eventually(
         lambda: worker.status(intake_path)[0].status == "accepted", "first need accepted"
     )
-    pending = await offers_not_yet_read(stack, second.agency_id)
+    assert stack.infra is not None
+    bootstrap = stack.infra.kafka_bootstrap_servers
+    pending = await offers_not_yet_read(bootstrap, second.agency_id)
     assert pending >= 1
     refnet_cli(
         stack, "agency", "listen", second.agency_id, "--accept", "--max-offers", str(pending)
