@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from shared.kafka import kafka_security, make_producer
+from shared.kafka import caught_up, kafka_security, make_producer
 from shared.settings import BaseServiceSettings
 from shared.topics import DLQ_SUFFIX, PLATFORM_TOPICS
 
@@ -165,7 +165,7 @@ async def read_dead_letters(
         kept = {tp: deque(maxlen=max_per_topic) for tp in tps}
         seen = dict.fromkeys(tps, 0)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while pending := [tp for tp in tps if not await _caught_up(consumer, tp, ends[tp])]:
+        while pending := [tp for tp in tps if not await caught_up(consumer, tp, ends[tp])]:
             if asyncio.get_running_loop().time() > deadline:
                 log.warning("DLQ listing stopped at its time bound; %d partition(s) unread",
                             len(pending))  # fmt: skip
@@ -196,14 +196,6 @@ async def read_dead_letters(
 def _newest_first(letter: DeadLetter) -> tuple[float, Position]:
     stamp = letter.dead_lettered_at.timestamp() if letter.dead_lettered_at else 0.0
     return (-stamp, letter.at)
-
-
-async def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
-    # Tansu may report a partition's end as its last batch's base offset, so the high
-    # watermark of a fetch counts too (see shared.kafka.read_to_end).
-    highwater = consumer.highwater(tp)
-    position = int(await consumer.position(tp))
-    return highwater is not None and position >= max(int(highwater), int(end))
 
 
 def _headers(record: ConsumerRecord) -> dict[str, bytes]:

@@ -345,7 +345,7 @@ async def read_to_end(
         # Tansu answers "latest offset", and a fetch's high watermark, with its last record
         # batch's base offset, so both are only lower bounds there; ``done`` settles it.
         while not (
-            all([await _caught_up(consumer, tp, ends[tp]) for tp in partitions])
+            all([await caught_up(consumer, tp, ends[tp]) for tp in partitions])
             and (done is None or await done())
         ):
             batches = await consumer.getmany(*partitions, timeout_ms=500)
@@ -356,7 +356,9 @@ async def read_to_end(
         await consumer.stop()
 
 
-async def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+async def caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+    """The consumer has read ``tp`` up to ``end`` and to the high watermark of its last
+    fetch: Tansu may report a partition's end as its last batch's base offset."""
     highwater = consumer.highwater(tp)
     return highwater is not None and await consumer.position(tp) >= max(highwater, end)
 

@@ -21,7 +21,7 @@ from shared.clock import Clock
 from shared.cloudevents import encode
 from shared.events import Event
 from shared.logs import log_context
-from shared.topics import PLATFORM_TOPICS, TopicSpec
+from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,7 @@ _NEED_KEYED = frozenset(spec.name for spec in PLATFORM_TOPICS if spec.key_field 
 
 
 def _keyed_by_need(topic: str) -> bool:
-    agency_offers = topic.startswith("refnet.agency.") and topic.endswith(".offers")
-    return topic in _NEED_KEYED or agency_offers
+    return topic in _NEED_KEYED or is_agency_offers(topic)
 
 
 async def enqueue(

@@ -76,6 +76,10 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+# Every agency's offers topic, as a regular expression (for pattern subscriptions).
+AGENCY_OFFERS_PATTERN = r"^refnet\.agency\..+\.offers$"
+
+
 def agency_offers(agency_id: str) -> TopicSpec:
     if not _AGENCY_ID.match(agency_id):
         raise ValueError(f"agency id {agency_id!r} must be lowercase letters, digits and '-'")
@@ -84,3 +88,7 @@ def agency_offers(agency_id: str) -> TopicSpec:
         "need_id",
         (ReferralOffered, OfferWithdrawn, AcceptanceRefused),
     )
+
+
+def is_agency_offers(topic: str) -> bool:
+    return re.match(AGENCY_OFFERS_PATTERN, topic) is not None

@@ -47,7 +47,13 @@ from shared.events import (
     ReferralOffered,
     ReferralStatusChanged,
 )
-from shared.topics import DLQ_SUFFIX, OFFER_RESPONSES, REFERRAL_EVENTS, agency_offers
+from shared.topics import (
+    AGENCY_OFFERS_PATTERN,
+    DLQ_SUFFIX,
+    OFFER_RESPONSES,
+    REFERRAL_EVENTS,
+    agency_offers,
+)
 from tests.reliability import audit
 from tests.reliability.audit import Expectation, Mail, Report, StatusRecord
 
@@ -406,7 +412,7 @@ class Responder:
             heartbeat_interval_ms=2000,
             metadata_max_age_ms=5000,
         )
-        consumer.subscribe(pattern=r"^refnet\.agency\..+\.offers$")
+        consumer.subscribe(pattern=AGENCY_OFFERS_PATTERN)
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         self._http = httpx.AsyncClient(base_url=self.stack.agency_api_url, timeout=15)
         await consumer.start()
