@@ -53,7 +53,9 @@ from services.matching.directory.package import profiles, read_package
 from services.matching.geo import PostalArea, load_centroids
 from services.matching.handlers import Deps, handle_need_submitted, need_view, rank_candidates
 from services.matching.ranking import covers, rank
+from services.matching.repository import Area
 from services.matching.settings import MatchingSettings
+from services.matching.step import Step
 from shared.clock import ManualClock, SystemClock
 from shared.cloudevents import Envelope, Headers, decode, encode
 from shared.db import create_pool, migrate
@@ -476,13 +478,13 @@ async def time_chunk(conn: asyncpg.Connection, d: Directory, needs: list[dict[st
     for ref in needs:
         need = need_view(deps, ref)
         t0 = time.perf_counter()
-        await rank_candidates(conn, deps, need)
+        await rank_candidates(Step(conn, deps.clock), deps, need)
         result.times_ms.append((time.perf_counter() - t0) * 1000)
     for ref in needs:
         need = need_view(deps, ref)
         t0 = time.perf_counter()
         services = await repo.candidate_services(
-            conn, need.category, need.postal_code, need.county, need.point
+            conn, Area(need.category, need.postal_code, need.county, need.point)
         )
         t1 = time.perf_counter()
         stats = await repo.agency_stats(conn, sorted({s.agency_id for s in services}))
@@ -508,7 +510,7 @@ async def part1(infra: Infrastructure) -> list[SizeResult]:
             conns = [await stack.enter_async_context(d.pool.acquire()) for d in directories]
             for conn, d in zip(conns, directories, strict=True):
                 for ref in d.warmup:
-                    await rank_candidates(conn, d.deps, need_view(d.deps, ref))
+                    await rank_candidates(Step(conn, d.deps.clock), d.deps, need_view(d.deps, ref))
             # Sizes take turns, RANK_CHUNK needs at a time, so drift on the machine (other
             # processes, Postgres' background work) falls on every size alike.
             for start in range(0, RANK_NEEDS, RANK_CHUNK):

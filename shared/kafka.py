@@ -13,7 +13,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +230,19 @@ def _give_up(max_attempts: int) -> Callable[[RetryCallState], bool]:
     return stop
 
 
+@contextlib.contextmanager
+def _record_context(raw: RawMessage, consumer: str) -> Iterator[None]:
+    with (
+        log_context(topic=raw.topic, partition=raw.partition, offset=raw.offset, consumer=consumer),
+        tracing.span(f"{raw.topic} process", tracing.from_headers(raw.headers)),
+    ):
+        yield
+
+
+def _event_context(envelope: Envelope) -> contextlib.AbstractContextManager[None]:
+    return log_context(event_id=envelope.id, need_id=getattr(envelope.event, "need_id", None))
+
+
 async def process_record(
     spec: TopicSpec,
     raw: RawMessage,
@@ -233,15 +254,7 @@ async def process_record(
     """While the record is handled, every log line carries its topic, partition and offset
     (then its event id and need id, once decoded) and the trace its traceparent continues;
     events the handler produces carry a child of that trace."""
-    with (
-        log_context(
-            topic=raw.topic,
-            partition=raw.partition,
-            offset=raw.offset,
-            consumer=dead_letters.consumer_name,
-        ),
-        tracing.span(f"{raw.topic} process", tracing.from_headers(raw.headers)),
-    ):
+    with _record_context(raw, dead_letters.consumer_name):
         await _process_record(spec, raw, handle, dead_letters, max_attempts=max_attempts)
 
 
@@ -258,7 +271,7 @@ async def _process_record(
     except PoisonMessage as exc:
         await dead_letters.send(raw, str(exc))
         return
-    with log_context(event_id=envelope.id, need_id=getattr(envelope.event, "need_id", None)):
+    with _event_context(envelope):
         try:
             async for attempt in AsyncRetrying(
                 stop=_give_up(max_attempts),
@@ -274,6 +287,65 @@ async def _process_record(
             await dead_letters.send(
                 raw, f"handler failed after {max_attempts} attempts: {type(exc).__name__}: {exc}"
             )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A decoded record of a batch. A batch handler handles each one inside its
+    ``context()``: the log fields and trace that ``process_record`` gives a single one."""
+
+    envelope: Envelope
+    raw: RawMessage | None = None
+    consumer: str = ""
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        if self.raw is None:  # handled one at a time: process_record set the context
+            yield
+            return
+        with _record_context(self.raw, self.consumer), _event_context(self.envelope):
+            yield
+
+
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[None]]
+
+
+async def process_batch(
+    spec: TopicSpec,
+    raws: Sequence[RawMessage],
+    handle_batch: BatchHandler,
+    handle: Handler,
+    dead_letters: DeadLetters,
+    *,
+    max_attempts: int,
+) -> None:
+    """Records taken together: poison goes to the DLQ with its reason, and the rest are
+    handled by ``handle_batch`` in one go. If that fails for any reason, each record is
+    handled on its own by ``process_record``'s rule (retries, then the DLQ), so a batch
+    changes the cost of handling, never the outcome."""
+    deliveries = []
+    for raw in raws:
+        try:
+            envelope = decode(spec, raw.key, raw.value, raw.headers)
+        except PoisonMessage as exc:
+            with _record_context(raw, dead_letters.consumer_name):
+                await dead_letters.send(raw, str(exc))
+            continue
+        deliveries.append(Delivery(envelope, raw, dead_letters.consumer_name))
+    if not deliveries:
+        return
+    try:
+        with metrics.deferred():
+            await handle_batch(deliveries)
+        return
+    except Exception as exc:
+        log.warning(
+            "consumer %s: a batch of %d failed (%s: %s); handling them one at a time",
+            dead_letters.consumer_name, len(deliveries), type(exc).__name__, exc,
+        )  # fmt: skip
+    for delivery in deliveries:
+        assert delivery.raw is not None
+        await process_record(spec, delivery.raw, handle, dead_letters, max_attempts=max_attempts)
 
 
 async def consume(

@@ -41,6 +41,11 @@ def log_context(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
+def current_fields() -> dict[str, str]:
+    """The fields ``log_context`` has set for lines logged here now."""
+    return dict(_context.get() or {})
+
+
 # JSON may hold these raw in a string, but many readers (str.splitlines among them) end a
 # line at them: escaped, one record stays one line whatever its message quotes.
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})

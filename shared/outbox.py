@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -34,6 +37,44 @@ def _keyed_by_need(topic: str) -> bool:
     return topic in _NEED_KEYED or is_agency_offers(topic)
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """An event encoded for the outbox. Encoding happens when the row is made, so the
+    traceparent it carries is the one current then, however late the row is written."""
+
+    event_id: UUID
+    topic: str
+    key: str
+    headers: list[list[str]]
+    value: bytes
+
+
+def outbox_row(
+    spec: TopicSpec, event: Event, *, source: str, clock: Clock, event_id: UUID | None = None
+) -> OutboxRow:
+    event_id = event_id or uuid4()
+    headers, value = encode(event, event_id=event_id, source=source, time=clock.now())
+    stored_headers = [[name, raw.decode()] for name, raw in headers]
+    return OutboxRow(event_id, spec.name, spec.key_of(event), stored_headers, value)
+
+
+async def write(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """Add encoded events to the outbox inside the caller's transaction, in one statement
+    (so one NOTIFY wakes the relay), in the order given."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, headers, value) "
+        "SELECT e, t, k, h, v FROM unnest($1::uuid[], $2::text[], $3::text[], "
+        "$4::text[]::jsonb[], $5::bytea[]) WITH ORDINALITY AS r(e, t, k, h, v, n) ORDER BY n",
+        [row.event_id for row in rows],
+        [row.topic for row in rows],
+        [row.key for row in rows],
+        [json.dumps(row.headers) for row in rows],
+        [row.value for row in rows],
+    )
+
+
 async def enqueue(
     conn: asyncpg.Connection,
     spec: TopicSpec,
@@ -44,17 +85,9 @@ async def enqueue(
     event_id: UUID | None = None,
 ) -> UUID:
     """Add ``event`` to the outbox inside the caller's transaction."""
-    event_id = event_id or uuid4()
-    headers, value = encode(event, event_id=event_id, source=source, time=clock.now())
-    await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, headers, value) VALUES ($1, $2, $3, $4, $5)",
-        event_id,
-        spec.name,
-        spec.key_of(event),
-        [[name, raw.decode()] for name, raw in headers],
-        value,
-    )
-    return event_id
+    row = outbox_row(spec, event, source=source, clock=clock, event_id=event_id)
+    await write(conn, [row])
+    return row.event_id
 
 
 async def enqueue_tombstone(conn: asyncpg.Connection, spec: TopicSpec, key: str) -> None:

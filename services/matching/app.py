@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import faust
@@ -30,11 +31,12 @@ from services.matching.handlers import (
     handle_capacity_update,
     handle_consent_event,
     handle_need_submitted,
+    handle_needs_submitted,
     handle_offer_response,
 )
 from services.matching.settings import MatchingSettings
 from shared.clock import Clock, clock_for
-from shared.cloudevents import Envelope, PoisonMessage, decode
+from shared.cloudevents import PoisonMessage, decode
 from shared.db import create_pool
 from shared.health import HealthServer, Probe, health_app, partition_lags
 from shared.kafka import (
@@ -43,6 +45,7 @@ from shared.kafka import (
     ensure_topics,
     kafka_security,
     make_producer,
+    process_batch,
     process_record,
     read_to_end,
     wait_until_ready,
@@ -194,27 +197,42 @@ class MatchingApp(faust.App):
 
     async def process(self, spec: TopicSpec, event: faust.types.EventT, handler: Any) -> None:
         assert self.deps is not None and self.dead_letters is not None
-        message = event.message
-        raw = RawMessage(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.key,
-            message.value,
-            tuple(message.headers or ()),
-        )
-        deps = self.deps
-
-        async def handle(envelope: Envelope) -> None:
-            await handler(deps, envelope)
-
         await process_record(
             spec,
-            raw,
-            handle,
+            _raw(event),
+            partial(handler, self.deps),
             self.dead_letters,
             max_attempts=self.refnet_settings.consumer_max_attempts,
         )
+
+    async def process_batch(
+        self,
+        spec: TopicSpec,
+        events: Sequence[faust.types.EventT],
+        batch_handler: Any,
+        handler: Any,
+    ) -> None:
+        assert self.deps is not None and self.dead_letters is not None
+        await process_batch(
+            spec,
+            [_raw(event) for event in events],
+            partial(batch_handler, self.deps),
+            partial(handler, self.deps),
+            self.dead_letters,
+            max_attempts=self.refnet_settings.consumer_max_attempts,
+        )
+
+
+def _raw(event: faust.types.EventT) -> RawMessage:
+    message = event.message
+    return RawMessage(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        tuple(message.headers or ()),
+    )
 
 
 def broker_credentials(settings: MatchingSettings) -> faust.SASLCredentials | None:
@@ -286,10 +304,13 @@ def create_app(settings: MatchingSettings, clock: Clock | None = None) -> Matchi
 
     # One agent per consumed topic; each one's group member processes its own partitions
     # in order, which co-partitioning by need_id makes per-need order for needs and answers.
+    # Needs come in batches, handled in one transaction each (a batch that fails is handled
+    # again one need at a time); Faust acknowledges a batch's records once it is handled.
     @app.agent(raw_topic(NEEDS), name=NEEDS_CONSUMER)
     async def needs(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await app.process(NEEDS, event, handle_need_submitted)
+        window = settings.needs_batch_window_ms / 1000
+        async for events in stream.take_events(settings.needs_batch_max, within=window):
+            await app.process_batch(NEEDS, events, handle_needs_submitted, handle_need_submitted)
 
     @app.agent(raw_topic(OFFER_RESPONSES), name=RESPONSES_CONSUMER)
     async def responses(stream: faust.StreamT[bytes]) -> None:

@@ -17,6 +17,7 @@ redelivered event changes nothing and a crash leaves either all of a step or non
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -28,8 +29,10 @@ from services.matching import repository as repo
 from services.matching.directory import owner as directory
 from services.matching.geo import PostalArea
 from services.matching.ranking import Candidate, NeedView, Ranking, rank
+from services.matching.repository import Area, PlaceChange
 from services.matching.settings import MatchingSettings
-from shared import metrics, outbox
+from services.matching.step import Step
+from shared import metrics
 from shared.clock import Clock
 from shared.cloudevents import Envelope, PoisonMessage
 from shared.events import (
@@ -58,12 +61,12 @@ from shared.events import (
     offer_id_for,
 )
 from shared.hsds import AgencyProfile
-from shared.inbox import first_delivery
-from shared.topics import REFERRAL_EVENTS, TopicSpec, agency_offers
+from shared.inbox import first_deliveries, first_delivery
+from shared.kafka import Delivery
+from shared.topics import REFERRAL_EVENTS, agency_offers
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/refnet/matching"
 NEEDS_CONSUMER = "matching.needs"
 RESPONSES_CONSUMER = "matching.offer-responses"
 CONSENTS_CONSUMER = "matching.consent-events"
@@ -115,22 +118,55 @@ def deadline(settings: MatchingSettings, urgency: Urgency) -> timedelta:
 
 
 async def handle_need_submitted(deps: Deps, envelope: Envelope) -> None:
+    await handle_needs_submitted(deps, [Delivery(envelope)])
+
+
+async def handle_needs_submitted(deps: Deps, deliveries: Sequence[Delivery]) -> None:
+    """Needs in one step: each new one becomes a referral, offered (or, under a revoked
+    consent, recorded and cancelled). Their areas and the agencies' records are read once
+    for the whole batch, and every write goes out in bulk at the end."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        step = Step(conn, deps.clock)
+        firsts = await first_deliveries(conn, NEEDS_CONSUMER, [d.envelope for d in deliveries])
+        fresh = [d for d, first in zip(deliveries, firsts, strict=True) if first]
+        needs = [_need(d.envelope) for d in fresh]
+        if not needs:
+            return
+        revoked = await repo.consents_revoked_at(conn, needs)
+        refs = await repo.insert_referrals(conn, needs, deps.clock.now())
+        await _read_candidates(step, deps, refs.values())
+        for delivery, need in zip(fresh, needs, strict=True):
+            with delivery.context():
+                ref = refs.pop(need.need_id, None)
+                if ref is None:
+                    log.info("need %s already known; ignoring the repeat", need.need_id)
+                    continue
+                await _open_referral(step, deps, ref, revoked[need.consent.consent_id])
+        await step.flush()
+
+
+def _need(envelope: Envelope) -> NeedSubmitted:
     need = envelope.event
     assert isinstance(need, NeedSubmitted)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, NEEDS_CONSUMER, envelope):
-            return
-        revoked_at = await repo.consent_revoked_at(conn, need)
-        ref = await repo.insert_referral(conn, need, deps.clock.now())
-        if ref is None:
-            log.info("need %s already known; ignoring the repeat", need.need_id)
-            return
-        await _emit_status(conn, deps, ref, ReferralStatus.SUBMITTED, bump=False)
-        if revoked_at is not None:
-            # Recorded (so a repeat or a stray answer finds it) but never offered.
-            await _emit_status(conn, deps, ref, ReferralStatus.CANCELLED, reason=CONSENT_REVOKED)
-        else:
-            await _offer_next(conn, deps, ref)
+    return need
+
+
+async def _open_referral(
+    step: Step, deps: Deps, ref: dict[str, Any], revoked_at: datetime | None
+) -> None:
+    await _emit_status(step, deps, ref, ReferralStatus.SUBMITTED, bump=False)
+    if revoked_at is not None:
+        # Recorded (so a repeat or a stray answer finds it) but never offered.
+        await _emit_status(step, deps, ref, ReferralStatus.CANCELLED, reason=CONSENT_REVOKED)
+    else:
+        await _offer_next(step, deps, ref)
+
+
+async def _read_candidates(step: Step, deps: Deps, refs: Iterable[dict[str, Any]]) -> None:
+    """Read the services near every one of these needs, and their agencies' records, in
+    one query each, so ranking them one by one reads nothing more."""
+    services = await step.candidates([_area(need_view(deps, ref)) for ref in refs])
+    await step.stats(sorted({s.agency_id for found in services for s in found}))
 
 
 async def handle_consent_event(deps: Deps, envelope: Envelope) -> None:
@@ -146,8 +182,10 @@ async def handle_consent_event(deps: Deps, envelope: Envelope) -> None:
         refs = await repo.referrals_for_update(
             conn, revoked.consent_id, [s.value for s in OPEN_STATES]
         )
+        step = Step(conn, deps.clock)
         for ref in refs:
-            await _cancel(conn, deps, ref, CONSENT_REVOKED)
+            await _cancel(step, deps, ref, CONSENT_REVOKED)
+        await step.flush()
         log.info("consent %s revoked: %d referral(s) cancelled", revoked.consent_id, len(refs))
 
 
@@ -198,23 +236,33 @@ async def handle_offer_response(deps: Deps, envelope: Envelope) -> None:
                 f"offer {response.offer_id} was made to {offer['agency_id']}, "
                 f"not {response.agency_id}"
             )
-        if isinstance(response, OutcomeReported):
-            # Before the open check: the offer an outcome is about is closed, as accepted.
-            await _close_loop(conn, deps, ref, offer, response)
-        elif offer["status"] != "open":
-            await _answer_to_closed_offer(conn, deps, ref, offer, response)
-        elif isinstance(response, OfferAccepted):
-            await _accept_if_in_time(conn, deps, ref, offer)
-        elif isinstance(response, OfferDeclined):
-            await _close_unanswered(
-                conn, deps, ref, offer, ReferralStatus.DECLINED, response.reason
-            )
-        else:
-            await _close_unanswered(conn, deps, ref, offer, ReferralStatus.EXPIRED, None)
+        step = Step(conn, deps.clock)
+        await _answer(step, deps, ref, offer, response)
+        await step.flush()
+
+
+async def _answer(
+    step: Step,
+    deps: Deps,
+    ref: dict[str, Any],
+    offer: dict[str, Any],
+    response: OfferAccepted | OfferDeclined | OfferExpired | OutcomeReported,
+) -> None:
+    if isinstance(response, OutcomeReported):
+        # Before the open check: the offer an outcome is about is closed, as accepted.
+        await _close_loop(step, deps, ref, offer, response)
+    elif offer["status"] != "open":
+        await _answer_to_closed_offer(step, deps, ref, offer, response)
+    elif isinstance(response, OfferAccepted):
+        await _accept_if_in_time(step, deps, ref, offer)
+    elif isinstance(response, OfferDeclined):
+        await _close_unanswered(step, deps, ref, offer, ReferralStatus.DECLINED, response.reason)
+    else:
+        await _close_unanswered(step, deps, ref, offer, ReferralStatus.EXPIRED, None)
 
 
 async def _answer_to_closed_offer(
-    conn: asyncpg.Connection,
+    step: Step,
     deps: Deps,
     ref: dict[str, Any],
     offer: dict[str, Any],
@@ -225,11 +273,11 @@ async def _answer_to_closed_offer(
         log.info("need %s: %s for %s offer ignored", ref["need_id"], type(response).__name__,
                  offer["status"])  # fmt: skip
         return
-    await _refuse(conn, deps, offer, _why_closed(ref, offer))
+    await _refuse(step, deps, offer, _why_closed(ref, offer))
 
 
 async def _close_loop(
-    conn: asyncpg.Connection,
+    step: Step,
     deps: Deps,
     ref: dict[str, Any],
     offer: dict[str, Any],
@@ -251,9 +299,9 @@ async def _close_loop(
     # No place is given back either way: acceptance consumed it, and the agency reports its
     # capacity itself (a newer count restarts `consumed`).
     if outcome == Outcome.GOT_HELP:
-        await _emit_status(conn, deps, ref, ReferralStatus.COMPLETED)
+        await _emit_status(step, deps, ref, ReferralStatus.COMPLETED)
     else:
-        await _emit_status(conn, deps, ref, ReferralStatus.FAILED, reason=outcome.value)
+        await _emit_status(step, deps, ref, ReferralStatus.FAILED, reason=outcome.value)
     log.info("need %s: %s reported by %s", need_id, outcome.value, offer["agency_id"])
 
 
@@ -269,65 +317,67 @@ def _why_closed(ref: dict[str, Any], offer: dict[str, Any]) -> str:
 
 
 async def _accept_if_in_time(
-    conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], offer: dict[str, Any]
+    step: Step, deps: Deps, ref: dict[str, Any], offer: dict[str, Any]
 ) -> None:
     if deps.clock.now() > offer["respond_by"]:
         # Notifications' expiry may still be on its way; the deadline decides, not the race.
-        await _refuse(conn, deps, offer, "expired: the acceptance came after the deadline")
-        await _close_unanswered(conn, deps, ref, offer, ReferralStatus.EXPIRED, None)
+        await _refuse(step, deps, offer, "expired: the acceptance came after the deadline")
+        await _close_unanswered(step, deps, ref, offer, ReferralStatus.EXPIRED, None)
         return
     now = deps.clock.now()
-    await _close_offer(conn, deps, offer, "accepted")
+    await _close_offer(step, deps, offer, "accepted")
     _point_at(ref, offer)
-    await _emit_status(conn, deps, ref, ReferralStatus.ACCEPTED)
-    first = await repo.first_offered_at(conn, ref["need_id"]) or offer["offered_at"]
+    await _emit_status(step, deps, ref, ReferralStatus.ACCEPTED)
+    first = await repo.first_offered_at(await step.flushed(), ref["need_id"]) or offer["offered_at"]
     metrics.record(
         partial(
             metrics.ACCEPTANCE_LATENCY.labels(ref["urgency"]).observe,
             max((now - first).total_seconds(), 0.0),
         )
     )
-    for other in await repo.open_offers(conn, ref["need_id"]):
-        await _close_offer(conn, deps, other, "withdrawn", record=False)
-        await _withdraw(conn, deps, other, "placed with another agency")
+    for other in await repo.open_offers(await step.flushed(), ref["need_id"]):
+        await _close_offer(step, deps, other, "withdrawn", record=False)
+        await _withdraw(step, deps, other, "placed with another agency")
     log.info("need %s accepted by %s at %s", ref["need_id"], offer["agency_id"], now)
 
 
 async def _close_unanswered(
-    conn: asyncpg.Connection,
+    step: Step,
     deps: Deps,
     ref: dict[str, Any],
     offer: dict[str, Any],
     status: ReferralStatus,
     reason: DeclineReason | None,
 ) -> None:
-    await _close_offer(conn, deps, offer, status.value)
+    await _close_offer(step, deps, offer, status.value)
     if status == ReferralStatus.EXPIRED:
-        await _withdraw(conn, deps, offer, "expired: no answer before the deadline")
+        await _withdraw(step, deps, offer, "expired: no answer before the deadline")
     _point_at(ref, offer)
-    await _emit_status(conn, deps, ref, status, reason=reason)
-    still_open = await repo.open_offers(conn, ref["need_id"])
+    await _emit_status(step, deps, ref, status, reason=reason)
+    still_open = await repo.open_offers(await step.flushed(), ref["need_id"])
     if still_open:
         # Others of a fan-out are still considering it: the referral stays offered.
         _point_at(ref, still_open[-1])
-        await _emit_status(conn, deps, ref, ReferralStatus.OFFERED)
+        await _emit_status(step, deps, ref, ReferralStatus.OFFERED)
     else:
-        await _offer_next(conn, deps, ref)
+        await _offer_next(step, deps, ref)
 
 
 async def _close_offer(
-    conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], status: str, *, record: bool = True
+    step: Step, deps: Deps, offer: dict[str, Any], status: str, *, record: bool = True
 ) -> None:
     """Close an open offer: its place is released, or taken when accepted, and (when the
     agency answered or let it lapse) its answer counts in the agency's record."""
     now = deps.clock.now()
-    await repo.close_offer(conn, offer["offer_id"], status, now)
+    await repo.close_offer(step.conn, offer["offer_id"], status, now)
     if offer["service_id"]:
-        await repo.release_place(conn, offer["service_id"], taken=status == "accepted")
+        taken = status == "accepted"
+        step.change_places(offer["service_id"], PlaceChange(reserved=-1, consumed=int(taken)))
     if record:
         waited = (min(now, offer["respond_by"]) - offer["offered_at"]).total_seconds() / 3600
+        step.forget_stats(offer["agency_id"])
         await repo.record_answer(
-            conn,
+            step.conn,
             offer["agency_id"],
             status == "accepted",
             waited,
@@ -338,39 +388,40 @@ async def _close_offer(
 # --- choosing agencies -------------------------------------------------------------------
 
 
-async def _offer_next(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any]) -> None:
+async def _offer_next(step: Step, deps: Deps, ref: dict[str, Any]) -> None:
     now = deps.clock.now()
     need = need_view(deps, ref)
-    ranking = await rank_candidates(conn, deps, need)
+    ranking = await rank_candidates(step, deps, need)
     fanout = deps.settings.urgent_fanout if need.urgency == Urgency.URGENT else 1
     slots = min(fanout, deps.settings.max_offer_attempts - ref["attempt"])
     if not ranking.candidates or slots <= 0:
         await _emit_status(
-            conn, deps, ref, ReferralStatus.UNMATCHED,
+            step, deps, ref, ReferralStatus.UNMATCHED,
             reason=_unmatched_reason(ref, need, ranking), excluded=tuple(ranking.excluded),
         )  # fmt: skip
         return
     respond_by = now + deadline(deps.settings, need.urgency)
     for candidate in ranking.candidates[:slots]:
         offer = _new_offer(ref, candidate, respond_by, now)
-        await repo.insert_offer(conn, offer)
-        await repo.reserve_place(conn, candidate.service.service_id)
+        step.add_offer(offer, candidate.service)
         _point_at(ref, offer)
         offered = _offer(ref, candidate)
-        await _enqueue(conn, deps, agency_offers(offer["agency_id"]), offered)
-        await _emit_status(conn, deps, ref, ReferralStatus.OFFERED, offer=offered)
+        step.enqueue(agency_offers(offer["agency_id"]), offered)
+        await _emit_status(step, deps, ref, ReferralStatus.OFFERED, offer=offered)
         metrics.record(metrics.OFFERS_MADE.labels(ref["category"], ref["urgency"]).inc)
         log.info("need %s offered to %s (attempt %d)", ref["need_id"], offer["agency_id"],
                  offer["attempt"])  # fmt: skip
 
 
-async def rank_candidates(conn: asyncpg.Connection, deps: Deps, need: NeedView) -> Ranking:
+async def rank_candidates(step: Step, deps: Deps, need: NeedView) -> Ranking:
     """Candidate selection (index lookups by area) and ranking; what the benchmark times."""
-    services = await repo.candidate_services(
-        conn, need.category, need.postal_code, need.county, need.point
-    )
-    stats = await repo.agency_stats(conn, sorted({s.agency_id for s in services}))
+    (services,) = await step.candidates([_area(need)])
+    stats = await step.stats(sorted({s.agency_id for s in services}))
     return rank(need, services, stats, deps.clock.now(), deps.settings.zone)
+
+
+def _area(need: NeedView) -> Area:
+    return Area(need.category, need.postal_code, need.county, need.point)
 
 
 def need_view(deps: Deps, ref: dict[str, Any]) -> NeedView:
@@ -449,29 +500,27 @@ def _offer(ref: dict[str, Any], candidate: Candidate) -> ReferralOffered:
 # --- cancelling --------------------------------------------------------------------------
 
 
-async def _cancel(conn: asyncpg.Connection, deps: Deps, ref: dict[str, Any], reason: str) -> None:
-    for offer in await repo.open_offers(conn, ref["need_id"]):
-        await _close_offer(conn, deps, offer, "withdrawn", record=False)
-        await _withdraw(conn, deps, offer, reason)
+async def _cancel(step: Step, deps: Deps, ref: dict[str, Any], reason: str) -> None:
+    for offer in await repo.open_offers(await step.flushed(), ref["need_id"]):
+        await _close_offer(step, deps, offer, "withdrawn", record=False)
+        await _withdraw(step, deps, offer, reason)
     # An accepted referral is withdrawn too: the agency may have started work, and its
     # offers topic is the only channel it is sure to read.
     if ref["status"] in TAKEN_ON:
-        await _withdraw(conn, deps, ref, reason)
-    await _emit_status(conn, deps, ref, ReferralStatus.CANCELLED, reason=reason)
+        await _withdraw(step, deps, ref, reason)
+    await _emit_status(step, deps, ref, ReferralStatus.CANCELLED, reason=reason)
 
 
-async def _withdraw(
-    conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str
-) -> None:
-    await _tell_agency(conn, deps, offer, OfferWithdrawn, reason)
+async def _withdraw(step: Step, deps: Deps, offer: dict[str, Any], reason: str) -> None:
+    await _tell_agency(step, deps, offer, OfferWithdrawn, reason)
 
 
-async def _refuse(conn: asyncpg.Connection, deps: Deps, offer: dict[str, Any], reason: str) -> None:
-    await _tell_agency(conn, deps, offer, AcceptanceRefused, reason)
+async def _refuse(step: Step, deps: Deps, offer: dict[str, Any], reason: str) -> None:
+    await _tell_agency(step, deps, offer, AcceptanceRefused, reason)
 
 
 async def _tell_agency(
-    conn: asyncpg.Connection,
+    step: Step,
     deps: Deps,
     offer: dict[str, Any],
     kind: type[OfferWithdrawn | AcceptanceRefused],
@@ -479,11 +528,11 @@ async def _tell_agency(
 ) -> None:
     """An event about one offer, with the reason, on the agency's own topic."""
     ids = {name: offer[name] for name in ("offer_id", "need_id", "agency_id")}
-    await _enqueue(conn, deps, agency_offers(offer["agency_id"]), kind(**ids, reason=reason))
+    step.enqueue(agency_offers(offer["agency_id"]), kind(**ids, reason=reason))
 
 
 async def _emit_status(
-    conn: asyncpg.Connection,
+    step: Step,
     deps: Deps,
     ref: dict[str, Any],
     status: ReferralStatus,
@@ -495,7 +544,7 @@ async def _emit_status(
         ref["sequence"] += 1
     ref["status"] = status.value
     ref["updated_at"] = deps.clock.now()
-    await repo.save_referral(conn, ref)
+    step.save_referral(ref)
     with_agency = status not in (ReferralStatus.SUBMITTED, ReferralStatus.UNMATCHED)
     change = ReferralStatusChanged(
         need_id=ref["need_id"],
@@ -503,13 +552,13 @@ async def _emit_status(
         sequence=ref["sequence"],
         occurred_at=ref["updated_at"],
         agency_id=ref["agency_id"] if with_agency else None,
-        agency_name=await repo.agency_name(conn, ref["agency_id"]) if with_agency else None,
+        agency_name=await step.agency_name(ref["agency_id"]) if with_agency else None,
         offer_id=ref["offer_id"] if with_agency else None,
         attempt=ref["attempt"] or None,
         respond_by=ref["respond_by"] if status == ReferralStatus.OFFERED else None,
         **extra,
     )
-    await _enqueue(conn, deps, REFERRAL_EVENTS, change)
+    step.enqueue(REFERRAL_EVENTS, change)
     _count_status(ref, status, extra.get("reason"))
 
 
@@ -522,7 +571,3 @@ def _count_status(ref: dict[str, Any], status: ReferralStatus, reason: object) -
         metrics.record(metrics.EXPIRIES.labels(ref["urgency"]).inc)
     elif status == ReferralStatus.UNMATCHED:
         metrics.record(metrics.UNMATCHED.labels(ref["category"]).inc)
-
-
-async def _enqueue(conn: asyncpg.Connection, deps: Deps, spec: TopicSpec, event: Event) -> None:
-    await outbox.enqueue(conn, spec, event, source=SOURCE, clock=deps.clock)

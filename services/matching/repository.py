@@ -3,6 +3,8 @@ referral and offers per need."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 from uuid import UUID
@@ -122,45 +124,62 @@ async def remove_agency(conn: asyncpg.Connection, agency_id: str) -> None:
     await conn.execute("DELETE FROM agency_profiles WHERE agency_id = $1", agency_id)
 
 
-async def candidate_services(
-    conn: asyncpg.Connection,
-    category: NeedCategory,
-    postal_code: str,
-    county: str | None,
-    point: Point | None,
-) -> list[ServiceView]:
-    """Services of the category whose area reaches the person: found by ZIP, county or
-    grid cell, each an index lookup, so the cost follows the services near the person, not
-    the directory's size; a cell's radius services then by their distance."""
-    lat, lon = point or (0.0, 0.0)
+@dataclass(frozen=True)
+class Area:
+    """Where a need's services must reach: what the candidate query looks up."""
+
+    category: NeedCategory
+    postal_code: str
+    county: str | None
+    point: Point | None
+
+
+async def candidate_services(conn: asyncpg.Connection, area: Area) -> list[ServiceView]:
+    return (await candidate_services_by_area(conn, [area]))[0]
+
+
+async def candidate_services_by_area(
+    conn: asyncpg.Connection, areas: Sequence[Area]
+) -> list[list[ServiceView]]:
+    """For each area, the services of its category whose area reaches it: found by ZIP,
+    county or grid cell, each an index lookup, so the cost follows the services near the
+    person, not the directory's size; a cell's radius services then by their distance. One
+    query for all the areas."""
     rows = await conn.fetch(
-        "SELECT s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
+        "SELECT q.i, s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
         "coalesce(c.consumed, 0) AS consumed "
-        "FROM match_services s JOIN agency_profiles p USING (agency_id) "
-        "LEFT JOIN capacity_counters c USING (service_id) "
-        "WHERE s.service_id IN (SELECT service_id FROM service_coverage WHERE category = $1 "
-        "AND ((kind = 'postal_code' AND area = $2) OR (kind = 'county' AND area = $3) "
-        "OR (kind = 'cell' AND area = $4))) "
-        "AND ($2 = ANY(s.postal_codes) OR $3 = ANY(s.counties) OR ($7 AND EXISTS ("
-        "SELECT 1 FROM jsonb_array_elements(s.locations) AS l(xy) WHERE "
-        + _HAVERSINE_KM
-        + " <= s.radius_km)))",
-        category.value,
-        postal_code,
-        (county or "").lower(),
-        cell_of(point) if point else "",
-        lat,
-        lon,
-        point is not None,
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], "
+        "$6::float8[], $7::bool[]) WITH ORDINALITY "
+        "AS q(category, postal_code, county, cell, lat, lon, located, i) "
+        "CROSS JOIN LATERAL (SELECT * FROM match_services s WHERE s.service_id IN ("
+        "SELECT service_id FROM service_coverage WHERE category = q.category "
+        "AND ((kind = 'postal_code' AND area = q.postal_code) "
+        "OR (kind = 'county' AND area = q.county) OR (kind = 'cell' AND area = q.cell))) "
+        "AND (q.postal_code = ANY(s.postal_codes) OR q.county = ANY(s.counties) "
+        "OR (q.located AND EXISTS (SELECT 1 FROM jsonb_array_elements(s.locations) AS l(xy) "
+        "WHERE " + _HAVERSINE_KM + " <= s.radius_km)))) s "
+        "JOIN agency_profiles p USING (agency_id) "
+        "LEFT JOIN capacity_counters c USING (service_id)",
+        [a.category.value for a in areas],
+        [a.postal_code for a in areas],
+        [(a.county or "").lower() for a in areas],
+        [cell_of(a.point) if a.point else "" for a in areas],
+        [a.point[0] if a.point else 0.0 for a in areas],
+        [a.point[1] if a.point else 0.0 for a in areas],
+        [a.point is not None for a in areas],
     )
-    return [_service_view(r) for r in rows]
+    found: list[list[ServiceView]] = [[] for _ in areas]
+    for r in rows:
+        found[r["i"] - 1].append(_service_view(r))
+    return found
 
 
-# Kilometres from ($5, $6) to the location xy = [latitude, longitude] (geo.haversine_km).
+# Kilometres from (q.lat, q.lon) to the location xy = [latitude, longitude]
+# (geo.haversine_km).
 _HAVERSINE_KM = (
-    "2 * 6371 * asin(sqrt(power(sin(radians((xy ->> 0)::float8 - $5) / 2), 2) "
-    "+ cos(radians($5)) * cos(radians((xy ->> 0)::float8)) "
-    "* power(sin(radians((xy ->> 1)::float8 - $6) / 2), 2)))"
+    "2 * 6371 * asin(sqrt(power(sin(radians((xy ->> 0)::float8 - q.lat) / 2), 2) "
+    "+ cos(radians(q.lat)) * cos(radians((xy ->> 0)::float8)) "
+    "* power(sin(radians((xy ->> 1)::float8 - q.lon) / 2), 2)))"
 )
 
 
@@ -202,21 +221,29 @@ async def agency_name(conn: asyncpg.Connection, agency_id: str | None) -> str | 
 # --- capacity: an open offer holds a place, an acceptance takes it ----------------------
 
 
-async def reserve_place(conn: asyncpg.Connection, service_id: str) -> None:
-    await conn.execute(
-        "INSERT INTO capacity_counters (service_id, reserved) VALUES ($1, 1) "
-        "ON CONFLICT (service_id) DO UPDATE SET reserved = capacity_counters.reserved + 1",
-        service_id,
-    )
+@dataclass(frozen=True)
+class PlaceChange:
+    """A change to a service's counters: places held by open offers, places taken by
+    acceptances."""
+
+    reserved: int = 0
+    consumed: int = 0
+
+    def __add__(self, other: PlaceChange) -> PlaceChange:
+        return PlaceChange(self.reserved + other.reserved, self.consumed + other.consumed)
 
 
-async def release_place(conn: asyncpg.Connection, service_id: str, *, taken: bool) -> None:
-    """The offer is no longer open; ``taken`` when it was accepted."""
-    await conn.execute(
-        "UPDATE capacity_counters SET reserved = reserved - 1, "
-        "consumed = consumed + CASE WHEN $2 THEN 1 ELSE 0 END WHERE service_id = $1",
-        service_id,
-        taken,
+async def change_places(conn: asyncpg.Connection, changes: Mapping[str, PlaceChange]) -> None:
+    """Apply each service's change, in service order (two steps never deadlock on the
+    counters). A service without counters yet starts from zero; a release never takes it
+    below."""
+    await conn.executemany(
+        "INSERT INTO capacity_counters (service_id, reserved, consumed) "
+        "VALUES ($1, greatest($2::int, 0), greatest($3::int, 0)) "
+        "ON CONFLICT (service_id) DO UPDATE SET "
+        "reserved = capacity_counters.reserved + $2::int, "
+        "consumed = capacity_counters.consumed + $3::int",
+        [(service_id, c.reserved, c.consumed) for service_id, c in sorted(changes.items())],
     )
 
 
@@ -256,18 +283,23 @@ async def record_answer(
 # --- offers ------------------------------------------------------------------------------
 
 
-async def insert_offer(conn: asyncpg.Connection, offer: dict[str, Any]) -> None:
-    await conn.execute(
+async def insert_offers(conn: asyncpg.Connection, offers: Sequence[dict[str, Any]]) -> None:
+    await conn.executemany(
         "INSERT INTO offers (offer_id, need_id, agency_id, service_id, attempt, status, "
         "respond_by, offered_at, explanation) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8)",
-        offer["offer_id"],
-        offer["need_id"],
-        offer["agency_id"],
-        offer["service_id"],
-        offer["attempt"],
-        offer["respond_by"],
-        offer["offered_at"],
-        offer["explanation"],
+        [
+            (
+                offer["offer_id"],
+                offer["need_id"],
+                offer["agency_id"],
+                offer["service_id"],
+                offer["attempt"],
+                offer["respond_by"],
+                offer["offered_at"],
+                offer["explanation"],
+            )
+            for offer in offers
+        ],
     )
 
 
@@ -297,47 +329,60 @@ async def close_offer(conn: asyncpg.Connection, offer_id: UUID, status: str, at:
     )
 
 
-async def insert_referral(
-    conn: asyncpg.Connection, need: NeedSubmitted, at: datetime
-) -> dict[str, Any] | None:
-    """The new referral row, or None when the need is already known."""
-    row = await conn.fetchrow(
+async def insert_referrals(
+    conn: asyncpg.Connection, needs: Sequence[NeedSubmitted], at: datetime
+) -> dict[UUID, dict[str, Any]]:
+    """The new referral rows by need id; a need already known gets none."""
+    rows = await conn.fetchmany(
         "INSERT INTO referrals (need_id, person_ref, category, urgency, postal_code, languages, "
         "consent, consent_id, county, age_years, recovery_stage, constraints, gender, status, "
         "sequence, updated_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'submitted', 1, $14) "
         "ON CONFLICT DO NOTHING RETURNING *",
-        need.need_id,
-        need.person_ref,
-        need.category.value,
-        need.urgency.value,
-        need.postal_code,
-        list(need.languages),
-        need.consent.model_dump(mode="json"),
-        need.consent.consent_id,
-        need.county,
-        need.age_years,
-        need.recovery_stage.value if need.recovery_stage else None,
-        need.constraints.model_dump(mode="json"),
-        need.gender.value if need.gender else None,
-        at,
+        [
+            (
+                need.need_id,
+                need.person_ref,
+                need.category.value,
+                need.urgency.value,
+                need.postal_code,
+                list(need.languages),
+                need.consent.model_dump(mode="json"),
+                need.consent.consent_id,
+                need.county,
+                need.age_years,
+                need.recovery_stage.value if need.recovery_stage else None,
+                need.constraints.model_dump(mode="json"),
+                need.gender.value if need.gender else None,
+                at,
+            )
+            for need in needs
+        ],
     )
-    return dict(row) if row else None
+    return {row["need_id"]: dict(row) for row in rows}
 
 
-async def consent_revoked_at(conn: asyncpg.Connection, need: NeedSubmitted) -> datetime | None:
-    """When the need's consent was revoked, if it was. Holds a share lock on the consent row
-    until commit, so a revocation being processed elsewhere either committed before (and is
-    seen here) or waits for this need's referral to commit (and then cancels it)."""
+async def consents_revoked_at(
+    conn: asyncpg.Connection, needs: Sequence[NeedSubmitted]
+) -> dict[UUID, datetime | None]:
+    """When each need's consent was revoked, if it was, by consent id. Holds a share lock on
+    the consent rows until commit, so a revocation being processed elsewhere either
+    committed before (and is seen here) or waits for these needs' referrals to commit (and
+    then cancels them). Rows are inserted and locked in consent order, so two batches
+    cannot deadlock on them."""
+    people = sorted({(n.consent.consent_id, n.person_ref) for n in needs})
     await conn.execute(
-        "INSERT INTO consents (consent_id, person_ref) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        need.consent.consent_id,
-        need.person_ref,
+        "INSERT INTO consents (consent_id, person_ref) "
+        "SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+        [consent_id for consent_id, _ in people],
+        [person_ref for _, person_ref in people],
     )
-    revoked: datetime | None = await conn.fetchval(
-        "SELECT revoked_at FROM consents WHERE consent_id = $1 FOR SHARE", need.consent.consent_id
+    rows = await conn.fetch(
+        "SELECT consent_id, revoked_at FROM consents WHERE consent_id = ANY($1::uuid[]) "
+        "ORDER BY consent_id FOR SHARE",
+        sorted({consent_id for consent_id, _ in people}),
     )
-    return revoked
+    return {row["consent_id"]: row["revoked_at"] for row in rows}
 
 
 async def revoke_consent(conn: asyncpg.Connection, revoked: ConsentRevoked) -> None:
@@ -372,19 +417,24 @@ async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[s
     return dict(row) if row else None
 
 
-async def save_referral(conn: asyncpg.Connection, ref: dict[str, Any]) -> None:
-    await conn.execute(
+async def save_referrals(conn: asyncpg.Connection, refs: Sequence[dict[str, Any]]) -> None:
+    await conn.executemany(
         "UPDATE referrals SET status = $2, sequence = $3, attempt = $4, agency_id = $5, "
         "offer_id = $6, respond_by = $7, tried = $8, updated_at = $9, service_id = $10 "
         "WHERE need_id = $1",
-        ref["need_id"],
-        ref["status"],
-        ref["sequence"],
-        ref["attempt"],
-        ref["agency_id"],
-        ref["offer_id"],
-        ref["respond_by"],
-        ref["tried"],
-        ref["updated_at"],
-        ref["service_id"],
+        [
+            (
+                ref["need_id"],
+                ref["status"],
+                ref["sequence"],
+                ref["attempt"],
+                ref["agency_id"],
+                ref["offer_id"],
+                ref["respond_by"],
+                ref["tried"],
+                ref["updated_at"],
+                ref["service_id"],
+            )
+            for ref in refs
+        ],
     )

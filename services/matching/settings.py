@@ -21,6 +21,11 @@ class MatchingSettings(BaseServiceSettings):
     urgent_fanout: int = Field(default=1, ge=1)
     # How far each answered offer moves an agency's acceptance rate and response time.
     agency_stats_weight: float = Field(default=0.2, gt=0, le=1)
+    # Needs handled together in one transaction: at most this many, gathered for at most
+    # this long. Under load a batch fills at once from the backlog; when idle, a lone need
+    # waits the window, so it is kept short.
+    needs_batch_max: int = Field(default=200, ge=1)
+    needs_batch_window_ms: float = Field(default=5, gt=0)
     # ZIP code centroids (postal_code,county,state,latitude,longitude) for distance and radius.
     postal_centroids_path: Path = DEMO_CENTROIDS
     # Faust's working directory; with the memory store nothing durable is kept there.

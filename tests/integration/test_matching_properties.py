@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 
 from services.matching import repository as repo
 from services.matching.geo import haversine_km
-from services.matching.handlers import Deps, handle_need_submitted, handle_offer_response
+from services.matching.handlers import (
+    Deps,
+    handle_need_submitted,
+    handle_needs_submitted,
+    handle_offer_response,
+)
 from shared.events import (
     ConsentRecipients,
     ConsentScope,
@@ -34,6 +39,7 @@ from shared.events import (
     OfferExpired,
     Urgency,
 )
+from shared.kafka import Delivery
 from tests.factories import ServiceSpec, agency_profile, need_submitted
 from tests.integration.test_matching_state_machine import (
     CLOCK,
@@ -227,23 +233,32 @@ async def counters(pool: asyncpg.Pool, service_ids: list[str]) -> dict[str, tupl
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(directory=directories, facts=st.lists(needs, min_size=1, max_size=3), plan=answers,
-       fanout=st.sampled_from([1, 2]))  # fmt: skip
+       fanout=st.sampled_from([1, 2]), batched=st.booleans())  # fmt: skip
 async def test_no_offer_goes_to_an_ineligible_full_or_unconsented_agency_and_places_balance(
     matching_pool: asyncpg.Pool,
     directory: list[list[ServiceSpec]],
     facts: list[NeedFacts],
     plan: list[str],
     fanout: int,
+    batched: bool,
 ) -> None:
+    """Needs arrive one at a time or all in one batch (then every first offer is checked,
+    in the batch's order, before any is answered)."""
     world = await given_the_directory(matching_pool, directory)
     agencies = sorted({agency for agency, _ in world.specs.values()})
     deps = Deps(matching_pool, CLOCK, matching_settings(urgent_fanout=fanout), PLACES)
     seen: set[str] = set()
     moves = itertools.chain(plan, itertools.repeat("decline"))
+    the_needs = [the_need(f, agencies) for f in facts]
+    if batched:
+        await handle_needs_submitted(deps, [Delivery(envelope(need)) for need in the_needs])
+        for need in the_needs:
+            await _check_new_offers(deps, need, world, seen)
 
-    for need in [the_need(f, agencies) for f in facts]:
-        await handle_need_submitted(deps, envelope(need))
-        await _check_new_offers(deps, need, world, seen)
+    for need in the_needs:
+        if not batched:
+            await handle_need_submitted(deps, envelope(need))
+            await _check_new_offers(deps, need, world, seen)
         while open_now := await _open(deps.pool, need.need_id):
             offers = {o["offer_id"]: o for o in offers_made(await emitted(deps.pool, need.need_id))}
             await _answer(deps, offers[min(open_now)], next(moves), world)

@@ -21,6 +21,7 @@ from services.matching.handlers import (
     handle_agency_removed,
     handle_capacity_update,
     handle_need_submitted,
+    handle_needs_submitted,
     handle_offer_response,
 )
 from services.matching.settings import MatchingSettings
@@ -41,6 +42,7 @@ from shared.events import (
     Urgency,
 )
 from shared.hsds import AgencyProfile
+from shared.kafka import Delivery
 from tests.factories import ServiceSpec, agency_profile, need_submitted
 
 pytestmark = pytest.mark.integration
@@ -409,6 +411,41 @@ async def test_an_open_offer_holds_a_place_and_a_full_service_gets_nothing(
         deps, answer(OfferAccepted, last_offer(await emitted(deps.pool, needs[1].need_id)))
     )
     assert await capacity_of(matching_pool, "svc-small") == (0, 1)
+
+
+async def test_needs_in_one_batch_see_the_places_taken_earlier_in_it(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    """The same three needs as above, handled together: the third sees the two places the
+    first two took, though none of them is written until the batch commits."""
+    two_places = agency_profile("ag-small", ServiceSpec("svc-small", available=2))
+    other = agency_profile("ag-other", ServiceSpec("svc-other", location=(LAT + 0.1, LON)))
+    await given_a_directory(matching_pool, two_places, other)
+    deps = Deps(matching_pool, CLOCK, settings(), PLACES)
+    needs = [a_need() for _ in range(3)]
+
+    await handle_needs_submitted(deps, [Delivery(envelope(n)) for n in needs])
+
+    agencies = [last_offer(await emitted(deps.pool, n.need_id))["agency_id"] for n in needs]
+    assert agencies == ["ag-small", "ag-small", "ag-other"]
+    assert await capacity_of(matching_pool, "svc-small") == (2, 0)
+    assert await capacity_of(matching_pool, "svc-other") == (1, 0)
+    for need in needs:
+        assert statuses(await emitted(deps.pool, need.need_id)) == ["submitted", "offered"]
+
+
+async def test_a_repeat_inside_a_batch_or_after_it_makes_no_second_offer(deps: Deps) -> None:
+    need = a_need()
+    first = envelope(need)
+    resent = envelope(need)  # the same need under a new event id, as a second producer would
+
+    await handle_needs_submitted(deps, [Delivery(first), Delivery(first), Delivery(resent)])
+    await handle_needs_submitted(deps, [Delivery(resent), Delivery(first)])
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "offered"]
+    assert len(offers_made(events)) == 1
+    assert await capacity_of(deps.pool, "svc-ag-near") == (1, 0)
 
 
 async def test_an_agency_reports_no_capacity_and_then_room_again(

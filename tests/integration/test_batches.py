@@ -1,0 +1,128 @@
+"""Records handled in batches (shared.kafka.process_batch) on a real broker: poison in a
+batch is dead-lettered with its reason and the rest handled together; a batch that fails is
+handled again one record at a time, so only the record that keeps failing is dead-lettered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaProducer
+
+from shared import dlq
+from shared.cloudevents import Envelope, encode
+from shared.events import NeedSubmitted
+from shared.infra import Infrastructure
+from shared.kafka import DeadLetters, Delivery, RawMessage, ensure_topics, process_batch
+from shared.logs import current_fields
+from shared.topics import NEEDS
+from tests.factories import need_submitted
+from tests.kafka_reader import read_topic
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def producer(infra: Infrastructure) -> AsyncIterator[AIOKafkaProducer]:
+    started = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers, acks="all")
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def topic(infra: Infrastructure) -> str:
+    name = f"refnet.test-batch-{uuid4().hex[:8]}.v1"
+    await ensure_topics(infra.kafka_bootstrap_servers, [name, dlq.dlq_name(name)], 1)
+    return name
+
+
+def records(topic: str, needs: Sequence[NeedSubmitted | bytes]) -> list[RawMessage]:
+    """Records as the consumer reads them: an event encoded, or raw bytes as they came."""
+    raws = []
+    for offset, need in enumerate(needs):
+        if isinstance(need, bytes):
+            raws.append(RawMessage(topic, 0, offset, b"k", need, ()))
+            continue
+        headers, value = encode(need, event_id=uuid4(), source="/tests", time=NOW)
+        raws.append(RawMessage(topic, 0, offset, str(need.need_id).encode(), value, tuple(headers)))
+    return raws
+
+
+class Recorder:
+    """Handlers that remember what they were given; ``failing`` names a need the handlers
+    refuse, as a bug in handling it would."""
+
+    def __init__(self, failing: UUID | None = None) -> None:
+        self.failing = failing
+        self.batches: list[list[UUID]] = []
+        self.singles: list[UUID] = []
+        self.fields: list[dict[str, str]] = []
+
+    async def batch(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [_need_id(d.envelope) for d in deliveries]
+        for delivery in deliveries:
+            with delivery.context():
+                self.fields.append(current_fields())
+        if self.failing in ids:
+            raise RuntimeError("cannot handle this batch")
+        self.batches.append(ids)
+
+    async def single(self, envelope: Envelope) -> None:
+        if _need_id(envelope) == self.failing:
+            raise RuntimeError(f"cannot handle {self.failing}")
+        self.singles.append(_need_id(envelope))
+
+
+def _need_id(envelope: Envelope) -> UUID:
+    assert isinstance(envelope.event, NeedSubmitted)
+    return envelope.event.need_id
+
+
+async def dead_letters_of(infra: Infrastructure, topic: str) -> list[tuple[bytes, str]]:
+    letters = await read_topic(infra.kafka_bootstrap_servers, dlq.dlq_name(topic))
+    return [(r.value, dict(r.headers)["dlq_reason"].decode()) for r in letters]
+
+
+async def test_poison_is_dead_lettered_and_the_rest_handled_as_one_batch(
+    infra: Infrastructure, producer: AIOKafkaProducer, topic: str
+) -> None:
+    needs = [need_submitted() for _ in range(3)]
+    raws = records(topic, [needs[0], b"{not json", needs[1], needs[2]])
+    recorder = Recorder()
+
+    await process_batch(
+        NEEDS, raws, recorder.batch, recorder.single, DeadLetters(producer, "tests"),
+        max_attempts=2,
+    )  # fmt: skip
+
+    assert recorder.batches == [[n.need_id for n in needs]]
+    assert recorder.singles == []
+    [(value, reason)] = await dead_letters_of(infra, topic)
+    assert value == b"{not json" and "ce_id" in reason
+    # Each record is handled in its own context: its offset and need id in every log line.
+    assert [f["offset"] for f in recorder.fields] == ["0", "2", "3"]
+    assert [f["need_id"] for f in recorder.fields] == [str(n.need_id) for n in needs]
+
+
+async def test_a_failed_batch_is_handled_one_by_one_and_only_the_bad_record_dead_lettered(
+    infra: Infrastructure, producer: AIOKafkaProducer, topic: str
+) -> None:
+    needs = [need_submitted() for _ in range(3)]
+    recorder = Recorder(failing=needs[1].need_id)
+
+    await process_batch(
+        NEEDS, records(topic, needs), recorder.batch, recorder.single,
+        DeadLetters(producer, "tests"), max_attempts=2,
+    )  # fmt: skip
+
+    assert recorder.batches == []
+    assert recorder.singles == [needs[0].need_id, needs[2].need_id]
+    [(_, reason)] = await dead_letters_of(infra, topic)
+    assert (
+        reason == f"handler failed after 2 attempts: RuntimeError: cannot handle {needs[1].need_id}"
+    )
