@@ -51,13 +51,13 @@ from services.matching import repository as repo
 from services.matching.directory.admin import DEMO_PACKAGE
 from services.matching.directory.package import profiles, read_package
 from services.matching.geo import PostalArea, load_centroids
-from services.matching.handlers import Deps, handle_need_submitted, need_view, rank_candidates
+from services.matching.handlers import Deps, handle_needs_submitted, need_view, rank_candidates
 from services.matching.ranking import covers, rank
 from services.matching.repository import Area
 from services.matching.settings import MatchingSettings
 from services.matching.step import Step
 from shared.clock import ManualClock, SystemClock
-from shared.cloudevents import Envelope, Headers, decode, encode
+from shared.cloudevents import Headers, decode, encode
 from shared.db import create_pool, migrate
 from shared.embedded import spawn, stop_process
 from shared.events import (
@@ -69,7 +69,7 @@ from shared.events import (
 )
 from shared.hsds import AgencyProfile
 from shared.infra import Infrastructure, provision
-from shared.kafka import ensure_topics
+from shared.kafka import Delivery, ensure_topics
 from shared.outbox import OutboxRelay
 from shared.topics import NEEDS
 from tests.factories import ServiceSpec, agency_profile, need_submitted
@@ -795,32 +795,36 @@ async def run_matching(
 
 # --- part 2b: where the need handler spends its time, in this process ------------------
 
-PROFILE_NEEDS = env_int("BENCH_PROFILE_NEEDS", 300)
+PROFILE_NEEDS = env_int("BENCH_PROFILE_NEEDS", 2000)
+# Needs per batch in part 2b: a full batch, as matching takes them from a backlog.
+PROFILE_BATCH = env_int(
+    "BENCH_PROFILE_BATCH", MatchingSettings.model_fields["needs_batch_max"].default
+)
 
 
 @dataclass
 class HandlerProfile:
     needs: int
-    mean_ms: float
-    p50_ms: float
-    p95_ms: float
+    batch: int
+    mean_ms: float  # per need, in batches of ``batch``
     cpu_ms: float  # this process's CPU per need (asyncpg and the handler's own Python)
-    statements_per_need: float
+    single_mean_ms: float  # per need, one need at a time
+    single_cpu_ms: float
+    statements_per_batch: float
     sql_ms_per_need: float  # client-side elapsed of every statement, round trip included
-    top_statements: list[tuple[str, int, float]]  # (statement, count per need, ms per need)
+    top_statements: list[tuple[str, int, float]]  # (statement, count per batch, ms per need)
     relay_ms_per_need: float
     relay_records_per_need: float
     cprofile_own: list[str]
     cprofile_cumulative: list[str]
-    parallel_rate: float  # needs/s with PARTITIONS needs in flight on PARTITIONS connections
 
 
 async def profile_handler(
     infra: Infrastructure, records: list[tuple[bytes, bytes, Headers]]
 ) -> HandlerProfile:
-    """handle_need_submitted on a fresh matching schema holding the demo directory: timed,
-    then with every statement logged (and the outbox relay), under cProfile, and with
-    PARTITIONS needs in flight at once."""
+    """handle_needs_submitted on a fresh matching schema holding the demo directory, in
+    batches of PROFILE_BATCH: timed (and one need at a time, to compare), then with every
+    statement logged (and the outbox relay), then under cProfile."""
     schema, _ = await fresh_schema(infra.database_url, "profile", pool=False)
     pool = await create_pool(infra.database_url, schema, max_size=1)
     producer = AIOKafkaProducer(
@@ -835,19 +839,18 @@ async def profile_handler(
             database_url=infra.database_url, kafka_bootstrap_servers=infra.kafka_bootstrap_servers
         )
         deps = Deps(pool, SystemClock(), settings, load_centroids())
-        envelopes = [decode(NEEDS, key, value, headers) for key, value, headers in records]
-        n = len(envelopes) // 4
-        timed, logged, profiled, parallel = (envelopes[i * n : (i + 1) * n] for i in range(4))
+        deliveries = [Delivery(decode(NEEDS, k, v, h)) for k, v, h in records]
+        n = len(deliveries) // 4
+        single, timed, logged, profiled = (deliveries[i * n : (i + 1) * n] for i in range(4))
         relay = OutboxRelay(pool, producer, infra.database_url, schema, 1.0)
-        for envelope in timed[:30]:
-            await handle_need_submitted(deps, envelope)
-        times = []
-        cpu0 = time.process_time()
-        for envelope in timed[30:]:
-            t0 = time.perf_counter()
-            await handle_need_submitted(deps, envelope)
-            times.append((time.perf_counter() - t0) * 1000)
-        cpu_ms = (time.process_time() - cpu0) * 1000 / len(times)
+
+        async def handle(share: list[Delivery], batch: int) -> None:
+            for i in range(0, len(share), batch):
+                await handle_needs_submitted(deps, share[i : i + batch])
+
+        await handle(single[:30], 1)
+        single_mean_ms, single_cpu_ms = await _timed(handle(single[30:], 1), n - 30)
+        mean_ms, cpu_ms = await _timed(handle(timed, PROFILE_BATCH), n)
         while await relay.publish_pending():
             pass
 
@@ -860,8 +863,7 @@ async def profile_handler(
 
         async with pool.acquire() as conn:
             conn.add_query_logger(note)
-        for envelope in logged:
-            await handle_need_submitted(deps, envelope)
+        await handle(logged, PROFILE_BATCH)
         async with pool.acquire() as conn:
             conn.remove_query_logger(note)
         r0 = time.perf_counter()
@@ -872,49 +874,43 @@ async def profile_handler(
 
         profiler = cProfile.Profile()
         profiler.enable()
-        for envelope in profiled:
-            await handle_need_submitted(deps, envelope)
+        await handle(profiled, PROFILE_BATCH)
         profiler.disable()
         own, cumulative = io.StringIO(), io.StringIO()
         pstats.Stats(profiler, stream=own).sort_stats("tottime").print_stats(12)
         pstats.Stats(profiler, stream=cumulative).sort_stats("cumulative").print_stats(
             r"services/|shared/", 14
         )
-
-        # What if the partitions' needs were handled side by side, one in flight each?
-        wide = await create_pool(infra.database_url, schema, max_size=PARTITIONS)
-        try:
-            wide_deps = Deps(wide, deps.clock, settings, deps.places)
-
-            async def handle_all(share: list[Envelope]) -> None:
-                for envelope in share:
-                    await handle_need_submitted(wide_deps, envelope)
-
-            p0 = time.perf_counter()
-            await asyncio.gather(*(handle_all(parallel[i::PARTITIONS]) for i in range(PARTITIONS)))
-            parallel_rate = len(parallel) / (time.perf_counter() - p0)
-        finally:
-            await wide.close()
     finally:
         await producer.stop()
         await pool.close()
         await drop_schema(infra.database_url, schema)
-    n = len(logged)
+    batches = math.ceil(n / PROFILE_BATCH)
     top = sorted(statements.items(), key=lambda kv: -sum(kv[1]))
     return HandlerProfile(
-        needs=len(times),
-        mean_ms=statistics.fmean(times),
-        p50_ms=pct(times, 0.5),
-        p95_ms=pct(times, 0.95),
+        needs=n,
+        batch=PROFILE_BATCH,
+        mean_ms=mean_ms,
         cpu_ms=cpu_ms,
-        statements_per_need=sum(len(v) for v in statements.values()) / n,
+        single_mean_ms=single_mean_ms,
+        single_cpu_ms=single_cpu_ms,
+        statements_per_batch=sum(len(v) for v in statements.values()) / batches,
         sql_ms_per_need=sum(sum(v) for v in statements.values()) / n,
-        top_statements=[(q, round(len(v) / n), sum(v) / n) for q, v in top[:14]],
+        top_statements=[(q, round(len(v) / batches), sum(v) / n) for q, v in top[:14]],
         relay_ms_per_need=relay_ms / n,
         relay_records_per_need=rows / n,
         cprofile_own=_cprofile_lines(own.getvalue()),
         cprofile_cumulative=_cprofile_lines(cumulative.getvalue()),
-        parallel_rate=parallel_rate,
+    )
+
+
+async def _timed(work: Any, needs: int) -> tuple[float, float]:
+    """Elapsed and this process's CPU, in ms per need."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    await work
+    return (
+        (time.perf_counter() - t0) * 1000 / needs,
+        (time.process_time() - cpu0) * 1000 / needs,
     )
 
 
@@ -983,7 +979,7 @@ async def part2(infra: Infrastructure, run_dir: Path) -> Throughput:
     finally:
         stop_process(proc)
     sys.stderr.write("bench: part 2, profiling the need handler in-process...\n")
-    handler = await profile_handler(infra, demo_need_records(rng, 4 * PROFILE_NEEDS))
+    handler = await profile_handler(infra, demo_need_records(rng, PROFILE_NEEDS))
     return Throughput(
         baseline,
         runs,
@@ -1062,29 +1058,31 @@ def report_part2(t: Throughput) -> None:
         )
     out()
     h = t.handler
-    out("PART 2b: where handle_need_submitted spends its time (in this process, one connection,")
-    out("  fresh matching schema with the demo directory, same kind of needs, no Kafka)")
+    out("PART 2b: where handle_needs_submitted spends its time (in this process, one")
     out(
-        f"  {h.needs} needs: mean {h.mean_ms:.2f} ms, p50 {h.p50_ms:.2f}, p95 {h.p95_ms:.2f} "
-        f"-> at most {1000 / h.mean_ms:,.0f} needs/s one need at a time; "
-        f"CPU in this process {h.cpu_ms:.2f} ms per need"
+        "  connection, fresh matching schema with the demo directory, same kind of needs, no Kafka)"
     )
     out(
-        f"  statements per need: {h.statements_per_need:.1f}, their client-side time "
+        f"  {h.needs} needs in batches of {h.batch}: {h.mean_ms:.2f} ms per need "
+        f"-> at most {1000 / h.mean_ms:,.0f} needs/s; CPU in this process {h.cpu_ms:.2f} ms "
+        f"per need"
+    )
+    out(
+        f"  one need at a time: {h.single_mean_ms:.2f} ms per need -> at most "
+        f"{1000 / h.single_mean_ms:,.0f} needs/s; CPU {h.single_cpu_ms:.2f} ms per need"
+    )
+    out(
+        f"  statements per batch: {h.statements_per_batch:.1f}, their client-side time "
         f"{h.sql_ms_per_need:.2f} ms per need (round trips included)"
     )
     out(
         f"  outbox relay afterwards: {h.relay_records_per_need:.1f} records per need, "
         f"{h.relay_ms_per_need:.2f} ms per need"
     )
-    out("  statements by time per need:   count  ms/need")
+    out("  statements by time per need:   per batch  ms/need")
     for query, count, ms in h.top_statements:
         out(f"    {query[:70]:<70} {count:>3} {ms:>7.3f}")
-    out(
-        f"  {PARTITIONS} needs in flight (one per partition, {PARTITIONS} connections): "
-        f"{h.parallel_rate:,.0f} needs/s vs {1000 / h.mean_ms:,.0f} one at a time"
-    )
-    out(f"  cProfile over {PROFILE_NEEDS} needs, by own time:")
+    out(f"  cProfile over {h.needs} needs in batches of {h.batch}, by own time:")
     for line in h.cprofile_own:
         out(f"    {line[:150]}")
     out("  cProfile, services/ and shared/ by cumulative time (CPU while running; an await")
@@ -1123,7 +1121,7 @@ def main() -> None:
             out(
                 f"    part 2: {THROUGHPUT_NEEDS:,} needs (+{THROUGHPUT_WARMUP} warm-up), "
                 f"{PARTITIONS} partitions, bare loop: median of {BASELINE_RUNS} runs; "
-                f"part 2b: {PROFILE_NEEDS} needs per pass"
+                f"part 2b: {PROFILE_NEEDS // 4} needs per pass, batches of {PROFILE_BATCH}"
             )
             out()
             if SIZES:

@@ -3,6 +3,7 @@ referral and offers per need."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -284,22 +285,21 @@ async def record_answer(
 
 
 async def insert_offers(conn: asyncpg.Connection, offers: Sequence[dict[str, Any]]) -> None:
-    await conn.executemany(
+    await conn.execute(
         "INSERT INTO offers (offer_id, need_id, agency_id, service_id, attempt, status, "
-        "respond_by, offered_at, explanation) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8)",
-        [
-            (
-                offer["offer_id"],
-                offer["need_id"],
-                offer["agency_id"],
-                offer["service_id"],
-                offer["attempt"],
-                offer["respond_by"],
-                offer["offered_at"],
-                offer["explanation"],
-            )
-            for offer in offers
-        ],
+        "respond_by, offered_at, explanation) "
+        "SELECT offer_id, need_id, agency_id, service_id, attempt, 'open', respond_by, "
+        "offered_at, explanation FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], "
+        "$5::int[], $6::timestamptz[], $7::timestamptz[], $8::text[]::jsonb[]) AS o(offer_id, "
+        "need_id, agency_id, service_id, attempt, respond_by, offered_at, explanation)",
+        [offer["offer_id"] for offer in offers],
+        [offer["need_id"] for offer in offers],
+        [offer["agency_id"] for offer in offers],
+        [offer["service_id"] for offer in offers],
+        [offer["attempt"] for offer in offers],
+        [offer["respond_by"] for offer in offers],
+        [offer["offered_at"] for offer in offers],
+        [json.dumps(offer["explanation"]) for offer in offers],
     )
 
 
@@ -332,32 +332,35 @@ async def close_offer(conn: asyncpg.Connection, offer_id: UUID, status: str, at:
 async def insert_referrals(
     conn: asyncpg.Connection, needs: Sequence[NeedSubmitted], at: datetime
 ) -> dict[UUID, dict[str, Any]]:
-    """The new referral rows by need id; a need already known gets none."""
-    rows = await conn.fetchmany(
+    """The new referral rows by need id, in one statement; a need already known gets none.
+    Row-wise arrays (languages) travel as JSON, since SQL arrays of arrays are flat."""
+    rows = await conn.fetch(
         "INSERT INTO referrals (need_id, person_ref, category, urgency, postal_code, languages, "
         "consent, consent_id, county, age_years, recovery_stage, constraints, gender, status, "
         "sequence, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'submitted', 1, $14) "
-        "ON CONFLICT DO NOTHING RETURNING *",
-        [
-            (
-                need.need_id,
-                need.person_ref,
-                need.category.value,
-                need.urgency.value,
-                need.postal_code,
-                list(need.languages),
-                need.consent.model_dump(mode="json"),
-                need.consent.consent_id,
-                need.county,
-                need.age_years,
-                need.recovery_stage.value if need.recovery_stage else None,
-                need.constraints.model_dump(mode="json"),
-                need.gender.value if need.gender else None,
-                at,
-            )
-            for need in needs
-        ],
+        "SELECT need_id, person_ref, category, urgency, postal_code, "
+        "ARRAY(SELECT jsonb_array_elements_text(languages)), consent, consent_id, county, "
+        "age_years, recovery_stage, constraints, gender, 'submitted', 1, $14 "
+        "FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[]::jsonb[], $7::text[]::jsonb[], $8::uuid[], $9::text[], $10::int[], "
+        "$11::text[], $12::text[]::jsonb[], $13::text[]) WITH ORDINALITY AS n(need_id, "
+        "person_ref, category, urgency, postal_code, languages, consent, consent_id, county, "
+        "age_years, recovery_stage, constraints, gender, i) "
+        "ORDER BY i ON CONFLICT DO NOTHING RETURNING *",
+        [need.need_id for need in needs],
+        [need.person_ref for need in needs],
+        [need.category.value for need in needs],
+        [need.urgency.value for need in needs],
+        [need.postal_code for need in needs],
+        [json.dumps(list(need.languages)) for need in needs],
+        [need.consent.model_dump_json() for need in needs],
+        [need.consent.consent_id for need in needs],
+        [need.county for need in needs],
+        [need.age_years for need in needs],
+        [need.recovery_stage.value if need.recovery_stage else None for need in needs],
+        [need.constraints.model_dump_json() for need in needs],
+        [need.gender.value if need.gender else None for need in needs],
+        at,
     )
     return {row["need_id"]: dict(row) for row in rows}
 
@@ -418,23 +421,26 @@ async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[s
 
 
 async def save_referrals(conn: asyncpg.Connection, refs: Sequence[dict[str, Any]]) -> None:
-    await conn.executemany(
-        "UPDATE referrals SET status = $2, sequence = $3, attempt = $4, agency_id = $5, "
-        "offer_id = $6, respond_by = $7, tried = $8, updated_at = $9, service_id = $10 "
-        "WHERE need_id = $1",
-        [
-            (
-                ref["need_id"],
-                ref["status"],
-                ref["sequence"],
-                ref["attempt"],
-                ref["agency_id"],
-                ref["offer_id"],
-                ref["respond_by"],
-                ref["tried"],
-                ref["updated_at"],
-                ref["service_id"],
-            )
-            for ref in refs
-        ],
+    """Each referral's state, in one statement, in need order (as rows are locked
+    elsewhere)."""
+    refs = sorted(refs, key=lambda ref: ref["need_id"])
+    await conn.execute(
+        "UPDATE referrals r SET status = u.status, sequence = u.sequence, attempt = u.attempt, "
+        "agency_id = u.agency_id, offer_id = u.offer_id, respond_by = u.respond_by, "
+        "tried = ARRAY(SELECT jsonb_array_elements_text(u.tried)), updated_at = u.updated_at, "
+        "service_id = u.service_id "
+        "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::uuid[], "
+        "$7::timestamptz[], $8::text[]::jsonb[], $9::timestamptz[], $10::text[]) "
+        "AS u(need_id, status, sequence, attempt, agency_id, offer_id, respond_by, tried, "
+        "updated_at, service_id) WHERE r.need_id = u.need_id",
+        [ref["need_id"] for ref in refs],
+        [ref["status"] for ref in refs],
+        [ref["sequence"] for ref in refs],
+        [ref["attempt"] for ref in refs],
+        [ref["agency_id"] for ref in refs],
+        [ref["offer_id"] for ref in refs],
+        [ref["respond_by"] for ref in refs],
+        [json.dumps(list(ref["tried"])) for ref in refs],
+        [ref["updated_at"] for ref in refs],
+        [ref["service_id"] for ref in refs],
     )
