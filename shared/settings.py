@@ -69,6 +69,11 @@ class BaseServiceSettings(KafkaClientSettings):
     # Idempotent producers need broker support that Tansu lacks; on Apache Kafka turn it on.
     kafka_enable_idempotence: bool = False
     kafka_partitions: int = 3
+    # How long a consumer's fetch waits at the broker when there is nothing new. Apache Kafka
+    # answers as soon as a record arrives, so this only paces idle polling; Tansu (the
+    # embedded broker) holds the fetch for the whole wait, so every record waits up to this
+    # long: the local stack sets it short.
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1)
     consumer_max_attempts: int = 3
     outbox_poll_interval_s: float = 1.0
     # Local mode only: a file holding a clock offset in seconds, so tests can move time.

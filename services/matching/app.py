@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import aiokafka
 import faust
 from aiokafka import AIOKafkaProducer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from services.matching import repository as repo
 from services.matching.geo import load_centroids
@@ -68,6 +70,26 @@ SCHEMA = "matching"
 APP_ID = "refnet-matching"
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust fixes the fetch wait at 1.5 s, which on the embedded broker is added to
+        # every need's latency; aiokafka reads it when the consumer starts, after this.
+        consumer._fetch_max_wait_ms = self.app.refnet_settings.kafka_fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with the fetch wait of KAFKA_FETCH_MAX_WAIT_MS."""
+
+    Consumer = _Consumer
+
+
 class MatchingApp(faust.App):
     """Builds the Postgres pool, the producer and the outbox relay before its agents run."""
 
@@ -85,6 +107,9 @@ class MatchingApp(faust.App):
         )
         self.probe.consumer = FaustConsumerProbe(self)
         self._health: HealthServer | None = None
+
+    def _new_transport(self) -> faust.types.TransportT:
+        return _Transport(self.conf.broker_consumer, self)
 
     async def on_start(self) -> None:
         await super().on_start()
