@@ -124,6 +124,7 @@ def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) ->
         client_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 100),
         **kafka_security(settings),
@@ -355,8 +356,10 @@ async def consume(
     dead_letters: DeadLetters,
     *,
     max_attempts: int,
+    handle_batch: BatchHandler | None = None,
 ) -> None:
-    """Process records forever, committing each partition's offset after its batch."""
+    """Process records forever, committing each partition's offset after its batch. With
+    ``handle_batch``, each partition's batch goes through ``process_batch``."""
     by_name = {spec.name: spec for spec in specs}
     while True:
         try:
@@ -366,8 +369,8 @@ async def consume(
             await asyncio.sleep(1)
             continue
         for tp, records in batches.items():
-            for record in records:
-                raw = RawMessage(
+            raws = [
+                RawMessage(
                     record.topic,
                     record.partition,
                     record.offset,
@@ -375,9 +378,16 @@ async def consume(
                     record.value,
                     tuple(record.headers or ()),
                 )
-                await process_record(
-                    by_name[tp.topic], raw, handle, dead_letters, max_attempts=max_attempts
+                for record in records
+            ]
+            spec = by_name[tp.topic]
+            if handle_batch is not None:
+                await process_batch(
+                    spec, raws, handle_batch, handle, dead_letters, max_attempts=max_attempts
                 )
+            else:
+                for raw in raws:
+                    await process_record(spec, raw, handle, dead_letters, max_attempts=max_attempts)
             try:
                 await consumer.commit({tp: records[-1].offset + 1})
             except KafkaError as exc:

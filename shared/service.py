@@ -14,6 +14,7 @@ import asyncpg
 from shared.db import create_pool
 from shared.health import AiokafkaConsumerProbe, Probe
 from shared.kafka import (
+    BatchHandler,
     DeadLetters,
     Handler,
     cancel_and_wait,
@@ -57,9 +58,15 @@ class ServiceLifecycle:
         return pool
 
     async def kafka(
-        self, pool: asyncpg.Pool, group: str, topics: Sequence[TopicSpec], handler: Handler
+        self,
+        pool: asyncpg.Pool,
+        group: str,
+        topics: Sequence[TopicSpec],
+        handler: Handler,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
-        """The producer and the outbox relay, then the consumer of ``topics`` in ``group``."""
+        """The producer and the outbox relay, then the consumer of ``topics`` in ``group``
+        (each partition's batch handled by ``batch_handler`` when there is one)."""
         producer = make_producer(self.settings, self.name)
         # Registered before starting: a shutdown while Kafka is down still closes them.
         self.on_stop(producer.stop)
@@ -80,7 +87,14 @@ class ServiceLifecycle:
         dead_letters = DeadLetters(producer, group)
         max_attempts = self.settings.consumer_max_attempts
         self.spawn(
-            consume(consumer, topics, handler, dead_letters, max_attempts=max_attempts),
+            consume(
+                consumer,
+                topics,
+                handler,
+                dead_letters,
+                max_attempts=max_attempts,
+                handle_batch=batch_handler,
+            ),
             "consumer",
         )
 

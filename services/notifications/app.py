@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import asyncpg
 from fastapi import FastAPI
@@ -17,7 +18,7 @@ from services.notifications.accounts import ensure_demo_user
 from services.notifications.api import router
 from services.notifications.channels import EmailChannel
 from services.notifications.contacts import IntakeContactBook
-from services.notifications.handlers import CONSUMER, handle_event
+from services.notifications.handlers import CONSUMER, handle_event, handle_events
 from services.notifications.inbox import router as inbox
 from services.notifications.links import Links
 from services.notifications.pages import router as pages
@@ -93,7 +94,13 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
             app.state.deps = deps
             life.probe.accepting = True
             topics = [NEEDS, REFERRAL_EVENTS, CONSENT_EVENTS]
-            await life.kafka(pool, CONSUMER, topics, lambda env: handle_event(deps, env))
+            await life.kafka(
+                pool,
+                CONSUMER,
+                topics,
+                partial(handle_event, deps),
+                batch_handler=partial(handle_events, deps),
+            )
             life.spawn(run_scheduler(deps), "scheduler")
 
         startup = start_in_background(start(), "notifications-start-up")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -37,12 +38,13 @@ from shared.events import (
     ReferralStatusChanged,
 )
 from shared.inbox import first_delivery
+from shared.kafka import Delivery
 from shared.topics import AFTERCARE, CAPACITY_UPDATES, OFFER_RESPONSES
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "notifications"
-__all__ = ["CONSUMER", "Deps", "handle_event"]
+__all__ = ["CONSUMER", "Deps", "handle_event", "handle_events"]
 
 
 # --- consuming needs and referral events -------------------------------------------------
@@ -50,15 +52,29 @@ __all__ = ["CONSUMER", "Deps", "handle_event"]
 
 async def handle_event(deps: Deps, envelope: Envelope) -> None:
     async with deps.pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, CONSUMER, envelope):
-            return
-        event = envelope.event
-        if isinstance(event, NeedSubmitted):
-            await repo.remember_referrer(conn, event)
-        elif isinstance(event, ReferralStatusChanged):
-            await _follow_referral(conn, deps, event)
-        elif isinstance(event, ConsentRevoked):
-            await _stop_for_revoked_consent(conn, deps, event)
+        await _apply(conn, deps, envelope)
+
+
+async def handle_events(deps: Deps, deliveries: Sequence[Delivery]) -> None:
+    """A partition's batch of events, in order, in one transaction: one commit for the batch
+    instead of one per event (shared.kafka.process_batch handles them one at a time again if
+    it fails)."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        for delivery in deliveries:
+            with delivery.context():
+                await _apply(conn, deps, delivery.envelope)
+
+
+async def _apply(conn: asyncpg.Connection, deps: Deps, envelope: Envelope) -> None:
+    if not await first_delivery(conn, CONSUMER, envelope):
+        return
+    event = envelope.event
+    if isinstance(event, NeedSubmitted):
+        await repo.remember_referrer(conn, event)
+    elif isinstance(event, ReferralStatusChanged):
+        await _follow_referral(conn, deps, event)
+    elif isinstance(event, ConsentRevoked):
+        await _stop_for_revoked_consent(conn, deps, event)
 
 
 async def _stop_for_revoked_consent(

@@ -238,8 +238,10 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
+def envelope_of(deps: Deps, event: Event) -> Envelope:
+    return Envelope(str(uuid4()), "/tests", event.ce_type, deps.clock.now(), 1, event)
+
+
 async def deliver(deps: Deps, event: Event) -> None:
     """Hand an event to notifications' consumer as the Kafka consumer would."""
-    await handle_event(
-        deps, Envelope(str(uuid4()), "/tests", event.ce_type, deps.clock.now(), 1, event)
-    )
+    await handle_event(deps, envelope_of(deps, event))

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from services.notifications import repository as repo
 from services.notifications import webhooks
+from services.notifications.handlers import handle_events
 from services.notifications.jobs import JobKind
 from services.notifications.links import CHECK_IN, Link
 from services.notifications.pages import router as pages
@@ -32,9 +33,10 @@ from shared.events import (
     ReferralStatus,
     ReferralStatusChanged,
 )
+from shared.kafka import Delivery
 from tests.contacts import StaticContactBook
 from tests.factories import need_submitted
-from tests.integration.conftest import Receiver, deliver
+from tests.integration.conftest import Receiver, deliver, envelope_of
 
 pytestmark = pytest.mark.integration
 AGENCY = "ag-rules"
@@ -109,6 +111,32 @@ async def test_the_person_is_told_who_will_contact_them_by_email(
     async with deps.pool.acquire() as conn:
         logged = await conn.fetch("SELECT * FROM deliveries WHERE channel = 'email'")
     assert "m***@example.net" in {r["recipient"] for r in logged}  # the log keeps no address
+
+
+async def test_a_needs_events_in_one_batch_act_as_delivered_one_by_one(
+    deps: Deps, sink: SmtpSink, contacts: StaticContactBook
+) -> None:
+    """As the consumer hands a partition's batch over: the need, its offer and the
+    acceptance in one transaction, then the same batch again (a redelivery)."""
+    email = ContactPreferences(channel=ContactChannel.EMAIL)
+    need = need_submitted(NeedCategory.COUNSELING, at=deps.clock.now(), contact=email)
+    contacts.add(need.need_id, "email", "mari@example.net", name="Mari")
+    offer_id = uuid4()
+    events = [need] + [
+        change(deps, need, status, sequence, offer_id)
+        for sequence, status in enumerate((ReferralStatus.OFFERED, ReferralStatus.ACCEPTED), 2)
+    ]
+    batch = [Delivery(envelope_of(deps, event)) for event in events]
+
+    await handle_events(deps, batch)
+    await handle_events(deps, batch)
+    await run_due_jobs(deps)
+
+    [notice] = mail_to(sink, "mari@example.net")
+    assert notice["Subject"] == "Harbor Counseling will contact you"
+    async with deps.pool.acquire() as conn:
+        offer = await conn.fetchrow("SELECT * FROM offers WHERE offer_id = $1", offer_id)
+    assert offer is not None and offer["agency_id"] == AGENCY
 
 
 async def test_a_person_who_chose_sms_gets_texts_and_no_email(
