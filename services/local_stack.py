@@ -195,7 +195,7 @@ class LocalStack:
         env = {
             # The embedded broker holds a fetch for its whole wait (see the setting); an
             # operator's own value wins.
-            "KAFKA_FETCH_MAX_WAIT_MS": "20",
+            "KAFKA_FETCH_MAX_WAIT_MS": "50",
             **os.environ,
             "REFNET_ENV": "local",
             "DATABASE_URL": self.infra.database_url,
