@@ -9,14 +9,15 @@ from uuid import UUID
 
 from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from services.intake import repository as repo
-from services.intake.auth import ApiWorker
+from services.intake.auth import ApiSubmitter, ApiWorker, TokenCaller, bad_token
 from services.intake.handlers import (
     KnownPerson,
     NotThatPerson,
+    TokenRefused,
     intake_of_submission,
     revoke_consent,
     submit_intake,
@@ -140,20 +141,25 @@ class Revocation(BaseModel):
 )
 async def create_intake(
     request: Request,
-    worker: ApiWorker,
+    caller: ApiSubmitter,
     body: Annotated[IntakeRequest, Body(openapi_examples={"full": {"value": EXAMPLE_INTAKE}})],
 ) -> Any:
     """Submit an intake. Retrying with the same submission_id never creates a second one."""
     state = request.app.state
-    done = await intake_of_submission(state.pool, body.submission_id)
-    if done is not None:  # a retry: it made this intake, whatever the date is now
-        return JSONResponse((await _status(request, done, worker)).model_dump(mode="json"))
     today = state.clock.now().astimezone(state.settings.zone).date()
     errors = check_dates(body, today)
     if errors:
-        raise _invalid(errors)
+        done = await intake_of_submission(state.pool, body.submission_id)
+        if done is None:
+            raise _invalid(errors)
+        # a retry: it made this intake, whatever the date is now
+        return await _answer_retry(request, done, caller)
     try:
-        outcome = await submit_intake(state.pool, state.crypto, state.clock, worker, body)
+        outcome = await submit_intake(
+            state.pool, state.crypto, state.clock, caller.worker, body, token=caller.token_digest
+        )
+    except TokenRefused:
+        raise bad_token() from None
     except NotThatPerson:
         raise _invalid(
             {"reuse_person_id": "That person's name or date of birth differs from this one."}
@@ -164,8 +170,24 @@ async def create_intake(
             candidates=[KnownPersonCandidate(**c) for c in outcome.candidates],
         )
         return JSONResponse(conflict.model_dump(mode="json"), status_code=409)
-    status = await _status(request, outcome.intake_id, worker)
-    return JSONResponse(status.model_dump(mode="json"), status_code=201 if outcome.created else 200)
+    if not outcome.created:
+        return await _answer_retry(request, outcome.intake_id, caller)
+    # Built from the rows as written, which is what reading them back would find: only status
+    # events change a need, and those come after it is published and matched.
+    written = outcome.written
+    status = _intake_status(outcome.intake_id, written[0], written, written[0]["created_at"])
+    # The bytes JSONResponse would make of status.model_dump(mode="json"), in one step.
+    return Response(status.model_dump_json(), status_code=201, media_type="application/json")
+
+
+async def _answer_retry(request: Request, intake_id: UUID, caller: TokenCaller) -> JSONResponse:
+    """The intake a retried submission made, as it stands now, for the token's worker as it
+    is now (the token was checked moments ago, but maybe not by the database)."""
+    async with request.app.state.pool.acquire() as conn:
+        worker = await repo.worker_by_token(conn, caller.token_digest)
+    if worker is None:
+        raise bad_token()
+    return JSONResponse((await _status(request, intake_id, worker)).model_dump(mode="json"))
 
 
 @router.get(
@@ -202,7 +224,10 @@ async def _status(request: Request, intake_id: UUID, worker: Any) -> IntakeStatu
     if found is None:
         raise HTTPException(404, "No such intake, or it is not one of yours.")
     intake, needs = found
-    now = state.clock.now()
+    return _intake_status(intake_id, intake, needs, state.clock.now())
+
+
+def _intake_status(intake_id: UUID, intake: Any, needs: list[Any], now: datetime) -> IntakeStatus:
     return IntakeStatus(
         intake_id=intake_id,
         created_at=intake["created_at"],

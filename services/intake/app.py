@@ -17,6 +17,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from services.intake import api, internal_api, routes
 from services.intake import repository as repo
+from services.intake.auth import RecentTokens
 from services.intake.handlers import STATUS_CONSUMER, Crypto, on_event
 from services.intake.security import PersonIndex, PiiCipher
 from services.intake.settings import IntakeSettings
@@ -81,6 +82,7 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     app.state.probe = Probe(
         "intake", settings.ready_max_outbox_backlog, settings.ready_max_consumer_lag
     )
+    app.state.recent_tokens = RecentTokens()
     app.state.crypto = Crypto(
         PiiCipher(settings.pii_keys), PersonIndex(settings.pii_index_key.get_secret_value())
     )
@@ -100,8 +102,9 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
     static = Path(__file__).parent / "static"
     app.mount("/static", StaticFiles(directory=static), name="static")
     app.include_router(health_router())
-    app.include_router(routes.router)
+    # Routes are tried in order: the JSON API (what systems call in bulk) before the pages.
     app.include_router(api.router)
+    app.include_router(routes.router)
     app.include_router(internal_api.router)
     app.include_router(asyncapi_router)
     app.add_exception_handler(RequestValidationError, api.validation_error)

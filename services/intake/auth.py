@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 from uuid import UUID
@@ -74,17 +76,86 @@ async def _token_worker(
         async with request.app.state.pool.acquire() as conn:
             worker = await repo.worker_by_token(conn, token_digest(credentials.credentials))
     if worker is None:
-        raise HTTPException(
-            401,
-            "Send a valid worker token: Authorization: Bearer <token>.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise bad_token()
     return worker
+
+
+def bad_token() -> HTTPException:
+    return HTTPException(
+        401,
+        "Send a valid worker token: Authorization: Bearer <token>.",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+# How long a token found valid is taken as valid by the intake submission endpoint before
+# its body is even read. That is all it decides: a submission checks its token again in the
+# transaction that writes (services/intake/handlers.py, submit_intake), so a revoked token
+# or a disabled worker never submits nor sees anything. For these seconds after its last
+# successful use, a revoked token can only be told that its body is invalid (a 422) where
+# it would otherwise get its 401 first.
+RECENT_TOKEN_S = 10.0
+RECENT_TOKENS_KEPT = 1024
+
+
+class RecentTokens:
+    """Token digests found valid in the last RECENT_TOKEN_S, with their worker. Only
+    successes are kept (a new token works at once) and only so many (random guesses cannot
+    grow it)."""
+
+    def __init__(
+        self,
+        ttl_s: float = RECENT_TOKEN_S,
+        size: int = RECENT_TOKENS_KEPT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._size = size
+        self._clock = clock
+        self._found: dict[bytes, tuple[float, asyncpg.Record]] = {}
+
+    def get(self, digest: bytes) -> asyncpg.Record | None:
+        found = self._found.get(digest)
+        if found is None or self._clock() - found[0] > self._ttl_s:
+            return None
+        return found[1]
+
+    def put(self, digest: bytes, worker: asyncpg.Record) -> None:
+        self._found.pop(digest, None)
+        if len(self._found) >= self._size:
+            del self._found[next(iter(self._found))]  # the longest kept
+        self._found[digest] = (self._clock(), worker)
+
+
+@dataclass(frozen=True)
+class TokenCaller:
+    worker: asyncpg.Record
+    token_digest: bytes  # for the transaction's own check of the token
+
+
+async def _submitting_worker(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenCaller:
+    if credentials is None:
+        raise bad_token()
+    digest = token_digest(credentials.credentials)
+    recent: RecentTokens = request.app.state.recent_tokens
+    worker = recent.get(digest)
+    if worker is None:
+        async with request.app.state.pool.acquire() as conn:
+            worker = await repo.worker_by_token(conn, digest)
+        if worker is None:
+            raise bad_token()
+        recent.put(digest, worker)
+    return TokenCaller(worker, digest)
 
 
 Worker = Annotated[asyncpg.Record, Depends(_session_worker)]
 Admin = Annotated[asyncpg.Record, Depends(_admin)]
 ApiWorker = Annotated[asyncpg.Record, Depends(_token_worker)]
+# The intake submission endpoint only: see RECENT_TOKEN_S.
+ApiSubmitter = Annotated[TokenCaller, Depends(_submitting_worker)]
 CsrfForm = Annotated[FormValues, Depends(_checked_form)]
 
 

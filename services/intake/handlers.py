@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -32,7 +32,7 @@ from shared.events import (
     ReferralStatusChanged,
     Referrer,
 )
-from shared.inbox import first_delivery
+from shared.inbox import first_delivery, inbox_id
 from shared.topics import CONSENT_EVENTS, NEEDS
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class Crypto:
 class Submitted:
     intake_id: UUID
     created: bool  # False when this submission had already made the intake
+    # When it made the intake: one row per need as written, each with the intake's
+    # created_at and consent columns, so an answer can be built without reading it back.
+    written: list[asyncpg.Record] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class KnownPerson:
     """Someone with this name and date of birth is on record: the worker decides."""
 
     candidates: list[dict[str, Any]]
+
+
+class TokenRefused(PermissionError):
+    """The API token was revoked, or its worker disabled, since the request's check."""
 
 
 class NotThatPerson(ValueError):
@@ -111,51 +118,93 @@ async def submit_intake(
     clock: Clock,
     worker: asyncpg.Record,
     request: IntakeRequest,
+    *,
+    token: bytes | None = None,
 ) -> Submitted | KnownPerson:
     """Write the person, consent, intake, needs and one NeedSubmitted per need in ONE
-    transaction. The same submission_id always yields the same single intake."""
+    transaction. The same submission_id always yields the same single intake. With the
+    digest of the API ``token`` the worker sent, the token is checked again in that
+    transaction (TokenRefused), so a revoked token writes nothing.
+
+    Round trips cost more here than the work they carry: that transaction is one statement
+    (repository.write_intake), so one round trip; reusing a person takes one more before."""
     person = request.person
     match_key = crypto.index.match_key(
         person.legal_given_name, person.legal_family_name, person.date_of_birth
     )
-    async with pool.acquire() as conn, conn.transaction():
-        existing = await repo.lock_submission(conn, request.submission_id)
-        if existing is not None:
-            return Submitted(existing, created=False)
-        await repo.lock_person(conn, match_key)
-        person_id, person_ref = await _person_for(conn, crypto, request, match_key)
-        if person_id is None:
-            known = await repo.persons_by_match_key(conn, match_key)
-            # Learning that someone is on record is itself a Part 2 fact: leave a trail.
-            log.info(
-                "worker %s was shown %d known person(s) for submission %s",
-                worker["worker_id"],
-                len(known),
-                request.submission_id,
+    async with pool.acquire() as conn:
+        for _ in range(_ATTEMPTS):
+            target = await _target(conn, request, match_key)
+            if isinstance(target, Submitted):
+                return target
+            written = await _write_intake(
+                conn, crypto, clock, worker, request, target, match_key, token
             )
-            return KnownPerson([_candidate(crypto.cipher, row) for row in known])
-        intake_id = await _write_intake(
-            conn, crypto, clock, worker, request, person_id, person_ref, match_key
-        )
+            outcome = written[0]
+            if not outcome["token_valid"]:
+                raise TokenRefused
+            if outcome["existing"] is not None:
+                return Submitted(outcome["existing"], created=False)
+            if outcome["known"]:
+                return await _known_person(conn, crypto, worker, request, match_key)
+            if outcome["consent_version"] == target.consent_version:
+                break
+            # Another intake for the reused person got in first: our events named the
+            # consent version it took, so make them again with the next one.
+        else:
+            raise RuntimeError(f"submission {request.submission_id}: the person kept changing")
+    intake_id = outcome["intake_id"]
     log.info("intake %s submitted with %d needs", intake_id, len(request.needs))
     for need in request.needs:
         metrics.NEEDS_SUBMITTED.labels(need.category.value, need.urgency.value).inc()
-    return Submitted(intake_id, created=True)
+    return Submitted(intake_id, created=True, written=written)
 
 
-async def _person_for(
-    conn: asyncpg.Connection, crypto: Crypto, request: IntakeRequest, match_key: bytes
-) -> tuple[UUID | None, UUID]:
-    """The person this intake is for: a new one, the one the worker chose to reuse, or None
-    when a match must be offered first."""
-    if request.reuse_person_id is not None:
-        found = await repo.person_by_id(conn, request.reuse_person_id)
-        if found is None or found["match_key"] != match_key:
-            raise NotThatPerson(str(request.reuse_person_id))
-        return found["person_id"], found["person_ref"]
-    if not request.new_person and await repo.persons_by_match_key(conn, match_key):
-        return None, uuid4()
-    return uuid4(), uuid4()
+# How often a submission that reuses a person is tried while other intakes for that person
+# keep getting in first (each attempt that loses, one of them won).
+_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The person an intake is for, and the version their consent will get."""
+
+    person_id: UUID
+    person_ref: UUID
+    consent_version: int
+
+
+async def _target(
+    conn: asyncpg.Connection, request: IntakeRequest, match_key: bytes
+) -> _Target | Submitted:
+    """A new person, or the one the worker chose to reuse (if it is this one); or the intake
+    this submission already made, which answers a retry whatever it says now."""
+    if request.reuse_person_id is None:
+        return _Target(uuid4(), uuid4(), consent_version=1)
+    found = await repo.person_to_reuse(conn, request.submission_id, request.reuse_person_id)
+    if found["existing"] is not None:
+        return Submitted(found["existing"], created=False)
+    if found["person_id"] is None or found["match_key"] != match_key:
+        raise NotThatPerson(str(request.reuse_person_id))
+    return _Target(found["person_id"], found["person_ref"], found["next_version"])
+
+
+async def _known_person(
+    conn: asyncpg.Connection,
+    crypto: Crypto,
+    worker: asyncpg.Record,
+    request: IntakeRequest,
+    match_key: bytes,
+) -> KnownPerson:
+    known = await repo.persons_by_match_key(conn, match_key)
+    # Learning that someone is on record is itself a Part 2 fact: leave a trail.
+    log.info(
+        "worker %s was shown %d known person(s) for submission %s",
+        worker["worker_id"],
+        len(known),
+        request.submission_id,
+    )
+    return KnownPerson([_candidate(crypto.cipher, row) for row in known])
 
 
 def _candidate(cipher: PiiCipher, row: asyncpg.Record) -> dict[str, Any]:
@@ -175,35 +224,83 @@ async def _write_intake(
     clock: Clock,
     worker: asyncpg.Record,
     request: IntakeRequest,
-    person_id: UUID,
-    person_ref: UUID,
+    target: _Target,
     match_key: bytes,
-) -> UUID:
+    token: bytes | None,
+) -> list[asyncpg.Record]:
+    """Everything the intake writes, in one statement that writes nothing if the submission
+    already made an intake, or (unless the worker chose) the person may be on record, or the
+    token is no longer good, or the consent version is no longer the person's next."""
     now = clock.now()
     person, consent_in = request.person, request.consent
-    await repo.save_person(
+    consent_id, intake_id = uuid4(), uuid4()
+    constraints = request.constraints.as_event()
+    scope = ConsentScope(
+        consent_id=consent_id,
+        version=target.consent_version,
+        categories=request.categories,
+        recipients=consent_in.recipients,
+        named_agencies=frozenset(consent_in.named_agencies),
+        expires_on=consent_in.expires_on,
+    )
+    referrer = Referrer(worker_ref=worker["worker_id"], notify_email=worker["email"])
+    contact = ContactPreferences(
+        channel=person.preferred_channel,
+        window_from=person.contact_from,
+        window_until=person.contact_until,
+    )
+    needs, events = [], []
+    for need in request.needs:
+        need_id = uuid4()
+        note = crypto.cipher.seal({"note": need.note}, need_id) if need.note else None
+        needs.append(
+            {
+                "need_id": need_id,
+                "category": need.category.value,
+                "urgency": need.urgency.value,
+                "note": note,
+            }
+        )
+        event = NeedSubmitted(
+            need_id=need_id,
+            person_ref=target.person_ref,
+            category=need.category,
+            urgency=need.urgency,
+            postal_code=person.zip5,
+            county=person.county,
+            languages=tuple(person.languages),
+            age_years=age_on(person.date_of_birth, now.date()),
+            recovery_stage=request.recovery.stage,
+            gender=person.gender,
+            constraints=constraints,
+            consent=scope,
+            referrer=referrer,
+            submitted_at=now,
+            contact=contact,
+        )
+        # The rule the brief puts first: nothing is published without a consent covering it.
+        if not scope.covers(need.category, now.date()):
+            raise ValueError(f"consent {consent_id} does not cover need {need_id}")
+        events.append(outbox.outbox_row(NEEDS, event, source=SOURCE, clock=clock))
+    return await repo.write_intake(
         conn,
-        person_id,
-        person_ref,
-        crypto.cipher.seal(_identifiers(request), person_id),
-        match_key,
-        {
+        check_known=request.reuse_person_id is None and not request.new_person,
+        token=token,
+        person={
+            "person_id": target.person_id,
+            "person_ref": target.person_ref,
+            "pii": crypto.cipher.seal(_identifiers(request), target.person_id),
+            "match_key": match_key,
             "postal_code": person.zip5,
             "county": person.county,
-            "gender": person.gender.value if person.gender else None,
             "languages": list(person.languages),
             "preferred_channel": person.preferred_channel.value,
             "contact_from": person.contact_from,
             "contact_until": person.contact_until,
         },
-        now,
-    )
-    consent_id = uuid4()
-    version = await repo.insert_consent(
-        conn,
-        {
+        consent={
             "consent_id": consent_id,
-            "person_id": person_id,
+            "version": target.consent_version,
             "form_version": CONSENT_FORM_VERSION,
             "discloser": DISCLOSER,
             "information": CONSENT_INFORMATION,
@@ -215,75 +312,19 @@ async def _write_intake(
             "expiry_event": consent_in.expiry_event,
             "signature": crypto.cipher.seal({"signature": consent_in.signature}, consent_id),
             "signed_on": consent_in.signed_on,
-            "given_at": now,
-            "witnessed_by": worker["worker_id"],
         },
-    )
-    scope = ConsentScope(
-        consent_id=consent_id,
-        version=version,
-        categories=request.categories,
-        recipients=consent_in.recipients,
-        named_agencies=frozenset(consent_in.named_agencies),
-        expires_on=consent_in.expires_on,
-    )
-    intake_id = uuid4()
-    await repo.insert_intake(
-        conn,
-        {
+        intake={
             "intake_id": intake_id,
             "submission_id": request.submission_id,
-            "person_id": person_id,
             "worker_id": worker["worker_id"],
-            "consent_id": consent_id,
             "recovery_stage": request.recovery.stage.value,
             "barc10": request.recovery.barc10,
-            "constraints": request.constraints.as_event().model_dump(mode="json"),
+            "constraints": constraints.model_dump(mode="json"),
             "created_at": now,
         },
+        needs=needs,
+        events=events,
     )
-    referrer = Referrer(worker_ref=worker["worker_id"], notify_email=worker["email"])
-    for position, need in enumerate(request.needs):
-        need_id = uuid4()
-        note = crypto.cipher.seal({"note": need.note}, need_id) if need.note else None
-        await repo.insert_need(
-            conn,
-            {
-                "need_id": need_id,
-                "intake_id": intake_id,
-                "position": position,
-                "category": need.category.value,
-                "urgency": need.urgency.value,
-                "note": note,
-                "at": now,
-            },
-        )
-        event = NeedSubmitted(
-            need_id=need_id,
-            person_ref=person_ref,
-            category=need.category,
-            urgency=need.urgency,
-            postal_code=person.zip5,
-            county=person.county,
-            languages=tuple(person.languages),
-            age_years=age_on(person.date_of_birth, now.date()),
-            recovery_stage=request.recovery.stage,
-            gender=person.gender,
-            constraints=request.constraints.as_event(),
-            consent=scope,
-            referrer=referrer,
-            submitted_at=now,
-            contact=ContactPreferences(
-                channel=person.preferred_channel,
-                window_from=person.contact_from,
-                window_until=person.contact_until,
-            ),
-        )
-        # The rule the brief puts first: nothing is published without a consent covering it.
-        if not scope.covers(need.category, now.date()):
-            raise ValueError(f"consent {consent_id} does not cover need {need_id}")
-        await outbox.enqueue(conn, NEEDS, event, source=SOURCE, clock=clock)
-    return intake_id
 
 
 def _identifiers(request: IntakeRequest) -> dict[str, Any]:
@@ -329,11 +370,12 @@ async def on_event(pool: asyncpg.Pool, envelope: Envelope) -> None:
 async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None:
     change = envelope.event
     assert isinstance(change, ReferralStatusChanged)
-    async with pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, STATUS_CONSUMER, envelope):
-            return
-        if not await repo.apply_status(conn, change):
-            log.info("need %s: status %s is stale or unknown", change.need_id, change.status)
+    # Inbox, history and status in one statement: one round trip instead of six, for an
+    # event every need brings several of.
+    async with pool.acquire() as conn:
+        first, moved = await repo.record_status(conn, change, STATUS_CONSUMER, inbox_id(envelope))
+    if first and not moved:
+        log.info("need %s: status %s is stale or unknown", change.need_id, change.status)
 
 
 async def record_check_in(pool: asyncpg.Pool, envelope: Envelope) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
+from shared import outbox
 from shared.events import (
     CheckInAnswer,
     CheckInAnswered,
@@ -40,8 +42,9 @@ async def worker_by_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Re
     )
 
 
-# Advisory-lock namespaces (the first key of the two-key form), so kinds never collide.
-_LOCK_SUBMISSION, _LOCK_PERSON, _LOCK_LOGIN = 1, 2, 3
+# Advisory-lock namespaces (the first key of the two-key form), so kinds never collide. 1
+# (a submission) and 2 (a person's match key) are taken by intake_submission_guard (SQL).
+_LOCK_LOGIN = 3
 
 
 async def _lock(conn: asyncpg.Connection, namespace: int, key: str) -> None:
@@ -159,67 +162,6 @@ async def person_by_id(conn: asyncpg.Connection, person_id: UUID) -> asyncpg.Rec
     return await conn.fetchrow("SELECT * FROM persons WHERE person_id = $1", person_id)
 
 
-async def save_person(
-    conn: asyncpg.Connection,
-    person_id: UUID,
-    person_ref: UUID,
-    pii: bytes,
-    match_key: bytes,
-    facts: dict[str, Any],
-    at: datetime,
-) -> None:
-    """Insert the person, or bring a returning person's details up to date."""
-    await conn.execute(
-        "INSERT INTO persons (person_id, person_ref, pii, match_key, postal_code, county, "
-        "languages, preferred_channel, contact_from, contact_until, created_at, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) "
-        "ON CONFLICT (person_id) DO UPDATE SET pii = EXCLUDED.pii, "
-        "postal_code = EXCLUDED.postal_code, county = EXCLUDED.county, "
-        "languages = EXCLUDED.languages, preferred_channel = EXCLUDED.preferred_channel, "
-        "contact_from = EXCLUDED.contact_from, contact_until = EXCLUDED.contact_until, "
-        "updated_at = EXCLUDED.updated_at",
-        person_id,
-        person_ref,
-        pii,
-        match_key,
-        facts["postal_code"],
-        facts["county"],
-        facts["languages"],
-        facts["preferred_channel"],
-        facts["contact_from"],
-        facts["contact_until"],
-        at,
-    )
-
-
-async def insert_consent(conn: asyncpg.Connection, consent: dict[str, Any]) -> int:
-    """Record a new consent version for the person; returns its version number."""
-    version: int = await conn.fetchval(
-        "INSERT INTO consents (consent_id, person_id, version, form_version, discloser, "
-        "information, categories, recipients, named_agencies, purpose, expires_on, "
-        "expiry_event, signature, signed_on, given_at, witnessed_by) "
-        "SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, "
-        "$11, $12, $13, $14, $15 FROM consents WHERE person_id = $2 "
-        "RETURNING version",
-        consent["consent_id"],
-        consent["person_id"],
-        consent["form_version"],
-        consent["discloser"],
-        consent["information"],
-        consent["categories"],
-        consent["recipients"],
-        consent["named_agencies"],
-        consent["purpose"],
-        consent["expires_on"],
-        consent["expiry_event"],
-        consent["signature"],
-        consent["signed_on"],
-        consent["given_at"],
-        consent["witnessed_by"],
-    )
-    return version
-
-
 async def revoke_consent(
     conn: asyncpg.Connection, consent_id: UUID, worker_id: UUID, method: str, at: datetime
 ) -> asyncpg.Record | None:
@@ -253,71 +195,170 @@ async def intake_of_submission(conn: asyncpg.Connection, submission_id: UUID) ->
     return found
 
 
-async def lock_submission(conn: asyncpg.Connection, submission_id: UUID) -> UUID | None:
-    """Serialise submissions of one form, then return the intake it already made, if any."""
-    await _lock(conn, _LOCK_SUBMISSION, str(submission_id))
-    return await intake_of_submission(conn, submission_id)
+async def person_to_reuse(
+    conn: asyncpg.Connection, submission_id: UUID, person_id: UUID
+) -> asyncpg.Record:
+    """For an intake that reuses a person: the intake this submission already made (if
+    any), the person (columns None if unknown) and the version their next consent gets."""
+    row: asyncpg.Record = await conn.fetchrow(
+        "SELECT (SELECT intake_id FROM intakes WHERE submission_id = $1) AS existing, "
+        "p.person_id, p.person_ref, p.match_key, "
+        "(SELECT coalesce(max(version), 0) + 1 FROM consents WHERE person_id = $2) "
+        "AS next_version FROM (SELECT) one LEFT JOIN persons p ON p.person_id = $2",
+        submission_id,
+        person_id,
+    )
+    return row
 
 
-async def lock_person(conn: asyncpg.Connection, match_key: bytes) -> None:
-    """Serialise intakes for one name and date of birth: one new person, not two."""
-    await _lock(conn, _LOCK_PERSON, match_key.hex())
+# The whole intake in one statement, so one round trip and one transaction. First the guard
+# (migration 0007): the submission's and the person's locks, then what is true once they are
+# held. Unless the submission already made an intake, or someone with this match key is on
+# record (when asked to check, $2), or the API token ($5, if any) is no longer good, or the
+# person's next consent version is not the one the events were made with ($6), it writes the
+# person (or brings a reused one up to date), the consent, the intake, its needs and their
+# outbox rows. It answers one row per need written, or one row saying why nothing was; every
+# row has the guard's answers, and the intake's and consent's columns as intake_for_worker
+# names them.
+_WRITE_INTAKE = (
+    "WITH guard AS (SELECT * FROM intake_submission_guard($1, $3, $4, $2, $5)), "
+    "go AS (SELECT FROM guard "
+    "WHERE existing IS NULL AND NOT known AND token_valid AND consent_version = $6), "
+    "person AS (INSERT INTO persons (person_id, person_ref, pii, match_key, postal_code, "
+    "county, languages, preferred_channel, contact_from, contact_until, created_at, "
+    "updated_at) SELECT $4, $7, $8, $3, $9, $10, $11, $12, $13, $14, $15, $15 FROM go "
+    "ON CONFLICT (person_id) DO UPDATE SET pii = EXCLUDED.pii, "
+    "postal_code = EXCLUDED.postal_code, county = EXCLUDED.county, "
+    "languages = EXCLUDED.languages, preferred_channel = EXCLUDED.preferred_channel, "
+    "contact_from = EXCLUDED.contact_from, contact_until = EXCLUDED.contact_until, "
+    "updated_at = EXCLUDED.updated_at), "
+    "consent AS (INSERT INTO consents (consent_id, person_id, version, form_version, "
+    "discloser, information, categories, recipients, named_agencies, purpose, expires_on, "
+    "expiry_event, signature, signed_on, given_at, witnessed_by) "
+    "SELECT $16, $4, $6, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $15, $28 "
+    "FROM go RETURNING expires_on, revoked_at), "
+    "intake AS (INSERT INTO intakes (intake_id, submission_id, person_id, worker_id, "
+    "consent_id, recovery_stage, barc10, constraints, created_at) "
+    "SELECT $29, $1, $4, $28, $16, $30, $31, $32, $15 FROM go "
+    "RETURNING created_at, consent_id), "
+    "need AS (INSERT INTO needs (need_id, intake_id, position, category, urgency, note, "
+    "status_at) SELECT n.need_id, $29, n.position - 1, n.category, n.urgency, n.note, $15 "
+    "FROM go, unnest($33::uuid[], $34::text[], $35::text[], $36::bytea[]) "
+    "WITH ORDINALITY AS n (need_id, category, urgency, note, position) RETURNING *), "
+    "event AS (INSERT INTO outbox (event_id, topic, key, headers, value) "
+    "SELECT e.event_id, e.topic, e.key, e.headers::jsonb, e.value FROM go, "
+    "unnest($37::uuid[], $38::text[], $39::text[], $40::text[], $41::bytea[]) "
+    "WITH ORDINALITY AS e (event_id, topic, key, headers, value, position) "
+    "ORDER BY e.position) "
+    "SELECT g.existing, g.known, g.token_valid, g.consent_version, i.created_at, "
+    "i.consent_id, c.expires_on AS consent_expires_on, c.revoked_at AS consent_revoked_at, n.* "
+    "FROM guard g LEFT JOIN intake i ON true LEFT JOIN consent c ON true "
+    "LEFT JOIN need n ON true ORDER BY n.position"
+)
 
 
-async def insert_intake(conn: asyncpg.Connection, intake: dict[str, Any]) -> None:
-    await conn.execute(
-        "INSERT INTO intakes (intake_id, submission_id, person_id, worker_id, consent_id, "
-        "recovery_stage, barc10, constraints, created_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        intake["intake_id"],
-        intake["submission_id"],
-        intake["person_id"],
-        intake["worker_id"],
-        intake["consent_id"],
-        intake["recovery_stage"],
-        intake["barc10"],
-        intake["constraints"],
-        intake["created_at"],
+async def write_intake(
+    conn: asyncpg.Connection,
+    *,
+    check_known: bool,
+    token: bytes | None,
+    person: dict[str, Any],
+    consent: dict[str, Any],
+    intake: dict[str, Any],
+    needs: list[dict[str, Any]],
+    events: list[outbox.OutboxRow],
+) -> list[asyncpg.Record]:
+    """Write a whole intake in one statement, if the guard allows (see _WRITE_INTAKE):
+    ``check_known`` refuses a person whose match key is on record, ``token`` (an API
+    token's digest) one no longer good, and consent["version"] must be the person's next."""
+    return list(
+        await conn.fetch(
+            _WRITE_INTAKE,
+            intake["submission_id"],
+            check_known,
+            person["match_key"],
+            person["person_id"],
+            token,
+            consent["version"],
+            person["person_ref"],
+            person["pii"],
+            person["postal_code"],
+            person["county"],
+            person["languages"],
+            person["preferred_channel"],
+            person["contact_from"],
+            person["contact_until"],
+            intake["created_at"],
+            consent["consent_id"],
+            consent["form_version"],
+            consent["discloser"],
+            consent["information"],
+            consent["categories"],
+            consent["recipients"],
+            consent["named_agencies"],
+            consent["purpose"],
+            consent["expires_on"],
+            consent["expiry_event"],
+            consent["signature"],
+            consent["signed_on"],
+            intake["worker_id"],
+            intake["intake_id"],
+            intake["recovery_stage"],
+            intake["barc10"],
+            intake["constraints"],
+            # $33 to $41: the needs and their events, column by column
+            *_columns(needs, ("need_id", "category", "urgency", "note")),
+            [e.event_id for e in events],
+            [e.topic for e in events],
+            [e.key for e in events],
+            [json.dumps(e.headers) for e in events],  # as shared.outbox.write stores them
+            [e.value for e in events],
+        )
     )
 
 
-async def insert_need(conn: asyncpg.Connection, need: dict[str, Any]) -> None:
-    await conn.execute(
-        "INSERT INTO needs (need_id, intake_id, position, category, urgency, note, status_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        need["need_id"],
-        need["intake_id"],
-        need["position"],
-        need["category"],
-        need["urgency"],
-        need["note"],
-        need["at"],
-    )
+def _columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[list[Any]]:
+    return [[row[name] for row in rows] for name in names]
 
 
 async def apply_status(conn: asyncpg.Connection, change: ReferralStatusChanged) -> bool:
     """Move a need to the reported status unless a later change is already recorded. Every
     change of a need intake holds, stale or not, also goes to its status history."""
-    await conn.execute(
-        "INSERT INTO status_changes (need_id, sequence, status, agency_id, agency_name, "
-        "offer_id, occurred_at) SELECT need_id, $2, $3, $4, $5, $6, $7 FROM needs "
-        "WHERE need_id = $1 ON CONFLICT (need_id, sequence) DO NOTHING",
-        change.need_id,
-        change.sequence,
-        change.status.value,
-        change.agency_id,
-        change.agency_name,
-        change.offer_id,
-        change.occurred_at,
-    )
-    result = await conn.execute(
-        "UPDATE needs SET status = $2, status_sequence = $3, status_at = $4, agency_id = $5, "
-        "agency_name = $6, status_reason = $7, respond_by = $8, "
-        "attempt = coalesce($9, attempt), "
-        "declines = declines + CASE WHEN $2 = 'declined' THEN 1 ELSE 0 END, "
-        "offered_at = CASE WHEN $2 = 'offered' THEN $4 ELSE offered_at END, "
-        "excluded = CASE WHEN $2 = 'unmatched' THEN $10::jsonb ELSE excluded END "
-        "WHERE need_id = $1 AND status_sequence < $3",
+    _, moved = await record_status(conn, change)
+    return moved
+
+
+# apply_status in one statement (so one round trip, and its own transaction), optionally
+# recording the event in the inbox first ($12, $13: the row shared.inbox.first_delivery
+# writes) and changing nothing if it was already there.
+_RECORD_STATUS = (
+    "WITH delivery AS (INSERT INTO inbox (consumer, event_id) SELECT $12, $13 "
+    "WHERE $12::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1), "
+    "go AS (SELECT WHERE $12::text IS NULL OR EXISTS (SELECT FROM delivery)), "
+    "history AS (INSERT INTO status_changes (need_id, sequence, status, agency_id, "
+    "agency_name, offer_id, occurred_at) SELECT need_id, $3, $2, $5, $6, $11, $4 "
+    "FROM needs, go WHERE need_id = $1 ON CONFLICT (need_id, sequence) DO NOTHING), "
+    "moved AS (UPDATE needs SET status = $2, status_sequence = $3, status_at = $4, "
+    "agency_id = $5, agency_name = $6, status_reason = $7, respond_by = $8, "
+    "attempt = coalesce($9, attempt), "
+    "declines = declines + CASE WHEN $2 = 'declined' THEN 1 ELSE 0 END, "
+    "offered_at = CASE WHEN $2 = 'offered' THEN $4 ELSE offered_at END, "
+    "excluded = CASE WHEN $2 = 'unmatched' THEN $10::jsonb ELSE excluded END "
+    "WHERE need_id = $1 AND status_sequence < $3 AND EXISTS (SELECT FROM go) RETURNING 1) "
+    "SELECT EXISTS (SELECT FROM go) AS first, EXISTS (SELECT FROM moved) AS moved"
+)
+
+
+async def record_status(
+    conn: asyncpg.Connection,
+    change: ReferralStatusChanged,
+    consumer: str | None = None,
+    event_id: str | None = None,
+) -> tuple[bool, bool]:
+    """apply_status, once per ``event_id`` for ``consumer`` if given (the inbox): whether
+    this was the first delivery, and whether the need moved."""
+    row = await conn.fetchrow(
+        _RECORD_STATUS,
         change.need_id,
         change.status.value,
         change.sequence,
@@ -328,8 +369,11 @@ async def apply_status(conn: asyncpg.Connection, change: ReferralStatusChanged) 
         change.respond_by,
         change.attempt,
         [e.model_dump() for e in change.excluded],
+        change.offer_id,
+        consumer,
+        event_id,
     )
-    return bool(result != "UPDATE 0")
+    return bool(row["first"]), bool(row["moved"])
 
 
 async def intake_for_worker(
