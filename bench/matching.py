@@ -399,6 +399,8 @@ GENERIC = "generic plan (what a cached prepared statement may switch to)"
 
 
 def _literal(value: Any) -> str:
+    if isinstance(value, list):  # an array parameter, as a Postgres array literal
+        value = "{" + ",".join('"' + str(v).replace('"', '\\"') + '"' for v in value) + "}"
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -411,10 +413,7 @@ async def explain_candidates(
     recorder = _RecordingConnection(conn)
     await repo.candidate_services(
         recorder,  # type: ignore[arg-type]
-        need.category,
-        need.postal_code,
-        need.county,
-        need.point,
+        Area(need.category, need.postal_code, need.county, need.point),
     )
     query, args = recorder.calls[0]
     plans: dict[str, list[str]] = {}

@@ -136,38 +136,39 @@ class Area:
 
 
 async def candidate_services(conn: asyncpg.Connection, area: Area) -> list[ServiceView]:
-    return (await candidate_services_by_area(conn, [area]))[0]
+    """The services of the area's category whose area reaches it: found by ZIP, county or
+    grid cell, each an index lookup, so the cost follows the services near the person, not
+    the directory's size; a cell's radius services then by their distance."""
+    rows = await conn.fetch(
+        "SELECT s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
+        "coalesce(c.consumed, 0) AS consumed FROM match_services s "
+        "JOIN agency_profiles p USING (agency_id) "
+        "LEFT JOIN capacity_counters c USING (service_id) "
+        "WHERE " + _reaches("$1", "$2", "$3", "$4", "$5", "$6", "$7"),
+        *_area_params(area),
+    )
+    return [_service_view(r) for r in rows]
 
 
 async def candidate_services_by_area(
     conn: asyncpg.Connection, areas: Sequence[Area]
 ) -> list[list[ServiceView]]:
-    """For each area, the services of its category whose area reaches it: found by ZIP,
-    county or grid cell, each an index lookup, so the cost follows the services near the
-    person, not the directory's size; a cell's radius services then by their distance. One
-    query for all the areas."""
+    """``candidate_services`` for each of several areas, in one query."""
+    if len(areas) == 1:  # its own plan is cheaper than the general one's
+        return [await candidate_services(conn, areas[0])]
     rows = await conn.fetch(
         "SELECT q.i, s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
         "coalesce(c.consumed, 0) AS consumed "
         "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], "
         "$6::float8[], $7::bool[]) WITH ORDINALITY "
         "AS q(category, postal_code, county, cell, lat, lon, located, i) "
-        "CROSS JOIN LATERAL (SELECT * FROM match_services s WHERE s.service_id IN ("
-        "SELECT service_id FROM service_coverage WHERE category = q.category "
-        "AND ((kind = 'postal_code' AND area = q.postal_code) "
-        "OR (kind = 'county' AND area = q.county) OR (kind = 'cell' AND area = q.cell))) "
-        "AND (q.postal_code = ANY(s.postal_codes) OR q.county = ANY(s.counties) "
-        "OR (q.located AND EXISTS (SELECT 1 FROM jsonb_array_elements(s.locations) AS l(xy) "
-        "WHERE " + _HAVERSINE_KM + " <= s.radius_km)))) s "
-        "JOIN agency_profiles p USING (agency_id) "
+        "CROSS JOIN LATERAL (SELECT * FROM match_services s WHERE "
+        + _reaches(
+            "q.category", "q.postal_code", "q.county", "q.cell", "q.lat", "q.lon", "q.located"
+        )  # fmt: skip
+        + ") s JOIN agency_profiles p USING (agency_id) "
         "LEFT JOIN capacity_counters c USING (service_id)",
-        [a.category.value for a in areas],
-        [a.postal_code for a in areas],
-        [(a.county or "").lower() for a in areas],
-        [cell_of(a.point) if a.point else "" for a in areas],
-        [a.point[0] if a.point else 0.0 for a in areas],
-        [a.point[1] if a.point else 0.0 for a in areas],
-        [a.point is not None for a in areas],
+        *(list(column) for column in zip(*(_area_params(a) for a in areas), strict=True)),
     )
     found: list[list[ServiceView]] = [[] for _ in areas]
     for r in rows:
@@ -175,13 +176,32 @@ async def candidate_services_by_area(
     return found
 
 
-# Kilometres from (q.lat, q.lon) to the location xy = [latitude, longitude]
-# (geo.haversine_km).
-_HAVERSINE_KM = (
-    "2 * 6371 * asin(sqrt(power(sin(radians((xy ->> 0)::float8 - q.lat) / 2), 2) "
-    "+ cos(radians(q.lat)) * cos(radians((xy ->> 0)::float8)) "
-    "* power(sin(radians((xy ->> 1)::float8 - q.lon) / 2), 2)))"
-)
+def _area_params(area: Area) -> tuple[Any, ...]:
+    lat, lon = area.point or (0.0, 0.0)
+    cell = cell_of(area.point) if area.point else ""
+    county = (area.county or "").lower()
+    return (area.category.value, area.postal_code, county, cell, lat, lon, area.point is not None)
+
+
+def _reaches(
+    category: str, postal_code: str, county: str, cell: str, lat: str, lon: str, located: str
+) -> str:
+    """The SQL condition on service ``s`` for an area given as these SQL expressions."""
+    # Kilometres from (lat, lon) to the location xy = [latitude, longitude]
+    # (geo.haversine_km).
+    haversine_km = (
+        f"2 * 6371 * asin(sqrt(power(sin(radians((xy ->> 0)::float8 - {lat}) / 2), 2) "
+        f"+ cos(radians({lat})) * cos(radians((xy ->> 0)::float8)) "
+        f"* power(sin(radians((xy ->> 1)::float8 - {lon}) / 2), 2)))"
+    )
+    return (
+        f"s.service_id IN (SELECT service_id FROM service_coverage WHERE category = {category} "
+        f"AND ((kind = 'postal_code' AND area = {postal_code}) "
+        f"OR (kind = 'county' AND area = {county}) OR (kind = 'cell' AND area = {cell}))) "
+        f"AND ({postal_code} = ANY(s.postal_codes) OR {county} = ANY(s.counties) "
+        f"OR ({located} AND EXISTS (SELECT 1 FROM jsonb_array_elements(s.locations) AS l(xy) "
+        f"WHERE {haversine_km} <= s.radius_km)))"
+    )
 
 
 def _service_view(r: asyncpg.Record) -> ServiceView:
