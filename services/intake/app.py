@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from uuid import uuid4
 
@@ -18,7 +19,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from services.intake import api, internal_api, routes
 from services.intake import repository as repo
 from services.intake.auth import RecentTokens
-from services.intake.handlers import STATUS_CONSUMER, Crypto, on_event
+from services.intake.handlers import STATUS_CONSUMER, Crypto, on_event, on_events
 from services.intake.security import PersonIndex, PiiCipher
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock, clock_for
@@ -59,7 +60,13 @@ def create_app(settings: IntakeSettings, clock: Clock | None = None) -> FastAPI:
             # One group for both topics: the group id predates aftercare, and renaming it
             # would replay every referral event.
             followed = [REFERRAL_EVENTS, AFTERCARE]
-            await life.kafka(pool, STATUS_CONSUMER, followed, lambda env: on_event(pool, env))
+            await life.kafka(
+                pool,
+                STATUS_CONSUMER,
+                followed,
+                partial(on_event, pool),
+                batch_handler=partial(on_events, pool),
+            )
 
         startup = start_in_background(start(), "intake-start-up")
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from shared.events import (
     Referrer,
 )
 from shared.inbox import first_delivery, inbox_id
+from shared.kafka import Delivery
 from shared.topics import CONSENT_EVENTS, NEEDS
 
 log = logging.getLogger(__name__)
@@ -359,33 +361,45 @@ async def revoke_consent(
 
 async def on_event(pool: asyncpg.Pool, envelope: Envelope) -> None:
     """The one handler of intake's consumer, which follows several topics."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _apply(conn, envelope)
+
+
+async def on_events(pool: asyncpg.Pool, deliveries: Sequence[Delivery]) -> None:
+    """A partition's batch in one transaction: one connection and one commit for the
+    batch (shared.kafka.process_batch handles them one at a time again if it fails)."""
+    async with pool.acquire() as conn, conn.transaction():
+        for delivery in deliveries:
+            with delivery.context():
+                await _apply(conn, delivery.envelope)
+
+
+async def _apply(conn: asyncpg.Connection, envelope: Envelope) -> None:
     if isinstance(envelope.event, ReferralStatusChanged):
-        await record_referral_status(pool, envelope)
+        await record_referral_status(conn, envelope)
     elif isinstance(envelope.event, CheckInAnswered):
-        await record_check_in(pool, envelope)
+        await record_check_in(conn, envelope)
     else:  # a topic's new event type this build does not know: keep it in the DLQ
         raise PoisonMessage(f"intake does not handle {envelope.type}")
 
 
-async def record_referral_status(pool: asyncpg.Pool, envelope: Envelope) -> None:
+async def record_referral_status(conn: asyncpg.Connection, envelope: Envelope) -> None:
     change = envelope.event
     assert isinstance(change, ReferralStatusChanged)
     # Inbox, history and status in one statement: one round trip instead of six, for an
     # event every need brings several of.
-    async with pool.acquire() as conn:
-        first, moved = await repo.record_status(conn, change, STATUS_CONSUMER, inbox_id(envelope))
+    first, moved = await repo.record_status(conn, change, STATUS_CONSUMER, inbox_id(envelope))
     if first and not moved:
         log.info("need %s: status %s is stale or unknown", change.need_id, change.status)
 
 
-async def record_check_in(pool: asyncpg.Pool, envelope: Envelope) -> None:
+async def record_check_in(conn: asyncpg.Connection, envelope: Envelope) -> None:
     answered = envelope.event
     assert isinstance(answered, CheckInAnswered)
-    async with pool.acquire() as conn, conn.transaction():
-        if not await first_delivery(conn, CHECK_IN_CONSUMER, envelope):
-            return
-        if not await repo.save_check_in(conn, answered):
-            log.info("need %s: day-%d answer is stale or unknown", answered.need_id, answered.day)
+    if not await first_delivery(conn, CHECK_IN_CONSUMER, envelope):
+        return
+    if not await repo.save_check_in(conn, answered):
+        log.info("need %s: day-%d answer is stale or unknown", answered.need_id, answered.day)
 
 
 async def follow_up_check_in(

@@ -22,7 +22,8 @@ from services.intake.handlers import (
     Crypto,
     Submitted,
     TokenRefused,
-    record_referral_status,
+    on_event,
+    on_events,
     submit_intake,
 )
 from services.intake.models import IntakeRequest
@@ -31,6 +32,7 @@ from services.intake.settings import IntakeSettings
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope, decode
 from shared.events import NeedSubmitted, ReferralStatus, ReferralStatusChanged
+from shared.kafka import Delivery
 from shared.outbox import outbox_row
 from shared.topics import NEEDS
 from tests.factories import intake_request
@@ -173,8 +175,13 @@ async def test_a_token_revoked_since_it_was_checked_writes_nothing(
     assert made == 0
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "one batch"])
 async def test_a_status_event_delivered_twice_changes_the_need_once(
-    intake_pool: asyncpg.Pool, crypto: Crypto, clock: ManualClock, worker: asyncpg.Record
+    intake_pool: asyncpg.Pool,
+    crypto: Crypto,
+    clock: ManualClock,
+    worker: asyncpg.Record,
+    batched: bool,
 ) -> None:
     outcome = await submit_intake(intake_pool, crypto, clock, worker, a_request())
     assert isinstance(outcome, Submitted)
@@ -192,8 +199,12 @@ async def test_a_status_event_delivered_twice_changes_the_need_once(
         return Envelope(event_id, "/refnet/matching", change.ce_type, NOW, 1, change)
 
     declined = delivery(2, ReferralStatus.DECLINED, "e-2")
-    for envelope in (declined, declined, delivery(1, ReferralStatus.OFFERED, "e-1")):
-        await record_referral_status(intake_pool, envelope)
+    envelopes = [declined, declined, delivery(1, ReferralStatus.OFFERED, "e-1")]
+    if batched:  # as the consumer hands over a partition's batch
+        await on_events(intake_pool, [Delivery(envelope) for envelope in envelopes])
+    else:
+        for envelope in envelopes:
+            await on_event(intake_pool, envelope)
 
     async with intake_pool.acquire() as conn:
         need = await conn.fetchrow("SELECT * FROM needs WHERE need_id = $1", need_id)
