@@ -21,6 +21,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection needs on its way back to the pool beyond what asyncpg always does
+    (roll back an open transaction, drop listeners): nothing. asyncpg's default also sends
+    RESET ALL, UNLISTEN, CLOSE ALL and unlocks session advisory locks, a round trip per
+    release; refnet leaves none of those on a pooled connection (its settings are given at
+    connect, its locks are transaction-scoped, it listens on a connection of its own)."""
+
+
 async def create_pool(database_url: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections see only the service's own schema by default."""
     pool = await asyncpg.create_pool(
@@ -29,6 +37,7 @@ async def create_pool(database_url: str, schema: str, *, max_size: int = 10) -> 
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": f"refnet-{schema}"},
         init=_init_connection,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
