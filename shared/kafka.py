@@ -70,6 +70,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # What sessions in flight get when Postgres shuts down or the connection drops mid-query.
     asyncpg.AdminShutdownError,
     asyncpg.InternalClientError,
+    # Two transactions each waiting for the other (a batch of needs and an answer both
+    # taking places): Postgres rolls one back, and trying it again is all it needs.
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
     KafkaConnectionError,
 )
 
@@ -322,8 +326,9 @@ async def process_batch(
 ) -> None:
     """Records taken together: poison goes to the DLQ with its reason, and the rest are
     handled by ``handle_batch`` in one go. If that fails for any reason, each record is
-    handled on its own by ``process_record``'s rule (retries, then the DLQ), so a batch
-    changes the cost of handling, never the outcome."""
+    handled on its own by ``process_record``'s rule (retries, then the DLQ): a failure
+    in a batch ends as it would have one record at a time. Poison is dead-lettered before
+    the batch's good records are handled."""
     deliveries = []
     for raw in raws:
         try:

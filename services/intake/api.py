@@ -159,6 +159,7 @@ async def create_intake(
             state.pool, state.crypto, state.clock, caller.worker, body, token=caller.token_digest
         )
     except TokenRefused:
+        state.recent_tokens.forget(caller.token_digest)
         raise bad_token() from None
     except NotThatPerson:
         raise _invalid(

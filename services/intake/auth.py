@@ -91,9 +91,9 @@ def bad_token() -> HTTPException:
 # How long a token found valid is taken as valid by the intake submission endpoint before
 # its body is even read. That is all it decides: a submission checks its token again in the
 # transaction that writes (services/intake/handlers.py, submit_intake), so a revoked token
-# or a disabled worker never submits nor sees anything. For these seconds after its last
-# successful use, a revoked token can only be told that its body is invalid (a 422) where
-# it would otherwise get its 401 first.
+# or a disabled worker never submits nor sees anything. For these seconds after the check
+# in the database that found it valid, a revoked token can only be told that its body is
+# invalid (a 422) where it would otherwise get its 401 first.
 RECENT_TOKEN_S = 10.0
 RECENT_TOKENS_KEPT = 1024
 
@@ -119,6 +119,9 @@ class RecentTokens:
         if found is None or self._clock() - found[0] > self._ttl_s:
             return None
         return found[1]
+
+    def forget(self, digest: bytes) -> None:
+        self._found.pop(digest, None)
 
     def put(self, digest: bytes, worker: asyncpg.Record) -> None:
         self._found.pop(digest, None)

@@ -136,7 +136,7 @@ async def submit_intake(
     )
     async with pool.acquire() as conn:
         for _ in range(_ATTEMPTS):
-            target = await _target(conn, request, match_key)
+            target = await _target(conn, request, match_key, token)
             if isinstance(target, Submitted):
                 return target
             written = await _write_intake(
@@ -177,13 +177,16 @@ class _Target:
 
 
 async def _target(
-    conn: asyncpg.Connection, request: IntakeRequest, match_key: bytes
+    conn: asyncpg.Connection, request: IntakeRequest, match_key: bytes, token: bytes | None
 ) -> _Target | Submitted:
     """A new person, or the one the worker chose to reuse (if it is this one); or the intake
-    this submission already made, which answers a retry whatever it says now."""
+    this submission already made, which answers a retry whatever it says now. The token is
+    checked first: whether these details fit a person on record is itself a Part 2 fact."""
     if request.reuse_person_id is None:
         return _Target(uuid4(), uuid4(), consent_version=1)
-    found = await repo.person_to_reuse(conn, request.submission_id, request.reuse_person_id)
+    found = await repo.person_to_reuse(conn, request.submission_id, request.reuse_person_id, token)
+    if not found["token_valid"]:
+        raise TokenRefused
     if found["existing"] is not None:
         return Submitted(found["existing"], created=False)
     if found["person_id"] is None or found["match_key"] != match_key:

@@ -196,17 +196,22 @@ async def intake_of_submission(conn: asyncpg.Connection, submission_id: UUID) ->
 
 
 async def person_to_reuse(
-    conn: asyncpg.Connection, submission_id: UUID, person_id: UUID
+    conn: asyncpg.Connection, submission_id: UUID, person_id: UUID, token: bytes | None
 ) -> asyncpg.Record:
-    """For an intake that reuses a person: the intake this submission already made (if
-    any), the person (columns None if unknown) and the version their next consent gets."""
+    """For an intake that reuses a person: whether the API token (its digest, if any) is
+    still good, the intake this submission already made (if any), the person (columns None
+    if unknown) and the version their next consent gets."""
     row: asyncpg.Record = await conn.fetchrow(
-        "SELECT (SELECT intake_id FROM intakes WHERE submission_id = $1) AS existing, "
+        "SELECT ($3::bytea IS NULL OR EXISTS (SELECT FROM worker_tokens t "
+        "JOIN workers w USING (worker_id) WHERE t.token_digest = $3 AND t.revoked_at IS NULL "
+        "AND w.active)) AS token_valid, "
+        "(SELECT intake_id FROM intakes WHERE submission_id = $1) AS existing, "
         "p.person_id, p.person_ref, p.match_key, "
         "(SELECT coalesce(max(version), 0) + 1 FROM consents WHERE person_id = $2) "
         "AS next_version FROM (SELECT) one LEFT JOIN persons p ON p.person_id = $2",
         submission_id,
         person_id,
+        token,
     )
     return row
 

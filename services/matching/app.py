@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -248,6 +248,19 @@ class MatchingApp(faust.App):
         )
 
 
+async def _finished(work: Coroutine[Any, Any, None]) -> None:
+    """Run a batch to its end even when the worker is stopping: Faust acknowledges a batch's
+    records as soon as the loop body is left, however it is left, so a batch cancelled
+    half-way would be acknowledged without its effects. A worker killed outright
+    acknowledges nothing, and the records come again."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
 def _raw(event: faust.types.EventT) -> RawMessage:
     message = event.message
     return RawMessage(
@@ -335,7 +348,9 @@ def create_app(settings: MatchingSettings, clock: Clock | None = None) -> Matchi
     async def needs(stream: faust.StreamT[bytes]) -> None:
         window = settings.needs_batch_window_ms / 1000
         async for events in stream.take_events(settings.needs_batch_max, within=window):
-            await app.process_batch(NEEDS, events, handle_needs_submitted, handle_need_submitted)
+            await _finished(
+                app.process_batch(NEEDS, events, handle_needs_submitted, handle_need_submitted)
+            )
 
     @app.agent(raw_topic(OFFER_RESPONSES), name=RESPONSES_CONSUMER)
     async def responses(stream: faust.StreamT[bytes]) -> None:

@@ -1,4 +1,4 @@
-"""The referral state machine, one need at a time.
+"""The referral state machine, for each need.
 
     submitted -> offered(agency, attempt n, respond_by)
     offered -> accepted | declined(reason) | expired   (declined/expired -> next candidate)
@@ -10,8 +10,10 @@ An urgent need may be offered to several agencies at once (URGENT_FANOUT): the f
 accept wins, the others are withdrawn, and a late acceptance is refused as already placed.
 Each open offer holds a place at its service until it is answered.
 
-Each handler runs in one transaction with the inbox row and the outbox rows it emits, so a
-redelivered event changes nothing and a crash leaves either all of a step or none of it.
+Each handler runs in one transaction (a step.Step) with the inbox rows and the outbox rows it
+emits, so a redelivered event changes nothing and a crash leaves either all of a step or
+none of it. Needs come in batches, one step each; answers, revocations and profiles one at a
+time.
 """
 
 from __future__ import annotations

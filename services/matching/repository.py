@@ -255,9 +255,10 @@ class PlaceChange:
 
 
 async def change_places(conn: asyncpg.Connection, changes: Mapping[str, PlaceChange]) -> None:
-    """Apply each service's change, in service order (two steps never deadlock on the
-    counters). A service without counters yet starts from zero; a release never takes it
-    below."""
+    """Apply each service's change, in service order, so two flushes take the counters'
+    locks in the same order (a step that flushes twice may still meet another in a
+    deadlock, which is retried). A service without counters yet starts from zero and
+    records no release below it."""
     await conn.executemany(
         "INSERT INTO capacity_counters (service_id, reserved, consumed) "
         "VALUES ($1, greatest($2::int, 0), greatest($3::int, 0)) "
@@ -441,9 +442,7 @@ async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[s
 
 
 async def save_referrals(conn: asyncpg.Connection, refs: Sequence[dict[str, Any]]) -> None:
-    """Each referral's state, in one statement, in need order (as rows are locked
-    elsewhere)."""
-    refs = sorted(refs, key=lambda ref: ref["need_id"])
+    """Each referral's state, in one statement."""
     await conn.execute(
         "UPDATE referrals r SET status = u.status, sequence = u.sequence, attempt = u.attempt, "
         "agency_id = u.agency_id, offer_id = u.offer_id, respond_by = u.respond_by, "

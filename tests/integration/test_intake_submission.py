@@ -275,3 +275,23 @@ async def test_the_api_refuses_a_token_revoked_after_its_last_use_at_once(
     assert refused.status_code == 401
     assert refused.headers["WWW-Authenticate"] == "Bearer"
     assert json.loads(refused.content)["detail"].startswith("Send a valid worker token")
+
+
+async def test_a_revoked_token_cannot_learn_whether_details_fit_a_person_on_record(
+    api: httpx.AsyncClient, intake_pool: asyncpg.Pool
+) -> None:
+    """Still remembered as valid, the token is refused before the person is compared: a 422
+    ("that person's details differ") would tell whether a name and date of birth fit."""
+    today = datetime.now(UTC).date()
+    assert (
+        await api.post("/api/v1/intakes", json=intake_request(today, new_person=True))
+    ).is_success
+    async with intake_pool.acquire() as conn:
+        person_id = await conn.fetchval("SELECT person_id FROM persons LIMIT 1")
+        await conn.execute("UPDATE worker_tokens SET revoked_at = now()")
+    probe = intake_request(today, reuse_person_id=str(person_id))
+    probe["person"]["legal_family_name"] = "Someone-Else"
+
+    refused = await api.post("/api/v1/intakes", json=probe)
+
+    assert refused.status_code == 401
