@@ -13,6 +13,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
 
 from services.intake import repository as intake_repo
 from services.intake.handlers import Crypto
@@ -30,9 +31,11 @@ from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope
 from shared.db import create_pool, migrate
+from shared.dlq import dlq_name
 from shared.embedded import free_port
 from shared.events import Event
 from shared.infra import Infrastructure, provision
+from shared.kafka import ensure_topics
 from shared.passwords import hash_password
 from tests.contacts import StaticContactBook
 
@@ -78,6 +81,22 @@ async def worker(intake_pool: asyncpg.Pool) -> asyncpg.Record:
             conn, uuid4(), f"w{uuid4().hex[:6]}@refnet.local", "W", hash_password("x" * 12)
         )
         return await intake_repo.worker_by_id(conn, worker_id)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def producer(infra: Infrastructure) -> AsyncIterator[AIOKafkaProducer]:
+    started = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers, acks="all")
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def topic(infra: Infrastructure) -> str:
+    """A topic of this test's own, with its DLQ, so other tests' dead letters stay out."""
+    name = f"refnet.test-{uuid4().hex[:8]}.v1"
+    await ensure_topics(infra.kafka_bootstrap_servers, [name, dlq_name(name)], 2)
+    return name
 
 
 @pytest_asyncio.fixture(loop_scope="session")

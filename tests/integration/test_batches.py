@@ -4,19 +4,18 @@ handled again one record at a time, so only the record that keeps failing is dea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
 from shared import dlq
 from shared.cloudevents import Envelope, encode
 from shared.events import NeedSubmitted
 from shared.infra import Infrastructure
-from shared.kafka import DeadLetters, Delivery, RawMessage, ensure_topics, process_batch
+from shared.kafka import DeadLetters, Delivery, RawMessage, process_batch
 from shared.logs import current_fields
 from shared.topics import NEEDS
 from tests.factories import need_submitted
@@ -24,21 +23,6 @@ from tests.kafka_reader import read_topic
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def producer(infra: Infrastructure) -> AsyncIterator[AIOKafkaProducer]:
-    started = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers, acks="all")
-    await started.start()
-    yield started
-    await started.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def topic(infra: Infrastructure) -> str:
-    name = f"refnet.test-batch-{uuid4().hex[:8]}.v1"
-    await ensure_topics(infra.kafka_bootstrap_servers, [name, dlq.dlq_name(name)], 1)
-    return name
 
 
 def records(topic: str, needs: Sequence[NeedSubmitted | bytes]) -> list[RawMessage]:

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from uuid import uuid4
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
 from shared import dlq
 from shared.cloudevents import encode
 from shared.infra import Infrastructure
-from shared.kafka import DeadLetters, RawMessage, ensure_topics
+from shared.kafka import DeadLetters, RawMessage
 from shared.settings import BaseServiceSettings
 from shared.topics import PLATFORM_TOPICS, agency_offers
 from tests.factories import need_submitted
@@ -33,22 +31,6 @@ def settings(infra: Infrastructure) -> BaseServiceSettings:
     return BaseServiceSettings(
         database_url=infra.database_url, kafka_bootstrap_servers=infra.kafka_bootstrap_servers
     )
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def producer(infra: Infrastructure) -> AsyncIterator[AIOKafkaProducer]:
-    started = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers, acks="all")
-    await started.start()
-    yield started
-    await started.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def topic(infra: Infrastructure) -> str:
-    """A topic of this test's own, with its DLQ, so other tests' dead letters stay out."""
-    name = f"refnet.test-{uuid4().hex[:8]}.v1"
-    await ensure_topics(infra.kafka_bootstrap_servers, [name, dlq.dlq_name(name)], 2)
-    return name
 
 
 async def dead_letter(

@@ -8,7 +8,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -26,7 +25,6 @@ from services.intake.handlers import (
     on_events,
     submit_intake,
 )
-from services.intake.models import IntakeRequest
 from services.intake.security import new_api_token
 from services.intake.settings import IntakeSettings
 from shared.clock import ManualClock
@@ -36,18 +34,14 @@ from shared.kafka import Delivery
 from shared.outbox import outbox_row
 from shared.topics import NEEDS
 from tests.factories import intake_request
+from tests.integration.test_intake import NOW, a_request
 
 pytestmark = pytest.mark.integration
-NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(NOW)
-
-
-def a_request(**overrides: Any) -> IntakeRequest:
-    return IntakeRequest.model_validate(intake_request(NOW.date(), **overrides))
 
 
 async def events_of(pool: asyncpg.Pool, intake_id: UUID) -> list[NeedSubmitted]:
