@@ -26,7 +26,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     (roll back an open transaction, drop listeners): nothing. asyncpg's default also sends
     RESET ALL, UNLISTEN, CLOSE ALL and unlocks session advisory locks, a round trip per
     release; refnet leaves none of those on a pooled connection (its settings are given at
-    connect, its locks are transaction-scoped, it listens on a connection of its own)."""
+    connect, its locks are transaction-scoped; the outbox relay listens and holds its lock on a
+    connection of its own)."""
+
+
+async def connect(database_url: str, schema: str, application_name: str) -> asyncpg.Connection:
+    """A connection of its own (not pooled) that sees the service's schema, as pooled ones do."""
+    conn = await asyncpg.connect(
+        database_url,
+        server_settings={"search_path": schema, "application_name": application_name},
+    )
+    await _init_connection(conn)
+    return conn
 
 
 async def create_pool(database_url: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:

@@ -18,10 +18,12 @@ from uuid import UUID, uuid4
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from shared import tracing
 from shared.clock import Clock
 from shared.cloudevents import encode
+from shared.db import connect
 from shared.events import Event
 from shared.logs import log_context
 from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
@@ -106,9 +108,19 @@ async def backlog(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
 
+# One relay per schema at a time: the key of the advisory lock the active one holds.
+_RELAY_LOCK = "hashtext(current_schema() || '.outbox')"
+
+
 class OutboxRelay:
-    """Publishes a service's outbox. One relay per schema is active at a time (an advisory
-    lock), which keeps per-key order even when the service runs as several replicas."""
+    """Publishes a service's outbox. The active relay holds a session advisory lock on a
+    connection of its own, which also LISTENs for new rows; a replica's relay waits for the
+    lock and takes over when that connection ends (its process died, say). One relay per
+    schema keeps per-key order even when the service runs as several replicas.
+
+    Holding the lock for the session rather than per transaction makes a wake two round
+    trips (read the batch, mark it sent) instead of five, which counts at low load, where
+    nearly every committed change wakes the relay on its own."""
 
     def __init__(
         self,
@@ -126,72 +138,77 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
 
     async def run(self) -> None:
-        listener = await self._listen()
+        while True:
+            try:
+                await self._relay()
+            except Exception as exc:  # Postgres down: the rows wait, unmarked
+                log.warning("outbox relay for %s will retry: %s", self._schema, exc)
+                await asyncio.sleep(self._poll_interval_s)
+
+    async def _relay(self) -> None:
+        conn = await connect(self._database_url, self._schema, f"refnet-{self._schema}-outbox")
         try:
+            await conn.add_listener(f"{self._schema}_outbox", lambda *_: self._wakeup.set())
+            while not await conn.fetchval(f"SELECT pg_try_advisory_lock({_RELAY_LOCK})"):
+                await self._sleep()  # another replica's relay is active
             while True:
                 try:
-                    published = await self.publish_pending()
-                except Exception as exc:  # Postgres or broker down: the rows wait, unmarked
+                    published = await self._publish(conn)
+                except KafkaError as exc:  # the broker: keep the lock, try again
                     log.warning("outbox relay for %s will retry: %s", self._schema, exc)
                     published = 0
                 if published < BATCH_SIZE:
                     await self._sleep()
         finally:
-            if listener is not None:
-                await listener.close()
+            await conn.close()  # which releases the lock
 
     async def publish_pending(self) -> int:
+        """Publish one batch now from a pooled connection, unless a relay is active for the
+        schema (then 0): a one-off drain, as `refnet directory import` does."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))"
-            ):
+            if not await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})"):
                 return 0
-            rows = await conn.fetch(
-                "SELECT id, event_id, topic, key, headers, value FROM outbox "
-                "WHERE published_at IS NULL ORDER BY id LIMIT $1",
-                BATCH_SIZE,
-            )
-            if not rows:
-                return 0
-            sends = [await self._send(row) for row in rows]
-            await asyncio.gather(*sends)
-            await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in rows],
-            )
+            return await self._publish(conn)
+
+    async def _publish(self, conn: asyncpg.Connection) -> int:
+        rows = await conn.fetch(
+            "SELECT id, event_id, topic, key, headers, value FROM outbox "
+            "WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            BATCH_SIZE,
+        )
+        if not rows:
+            return 0
+        sends = [await self._send(row) for row in rows]
+        await asyncio.gather(*sends)
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+            [row["id"] for row in rows],
+        )
         log.debug("outbox %s published %d", self._schema, len(rows))
         return len(rows)
 
     async def _send(self, row: asyncpg.Record) -> asyncio.Future[Any]:
         """Queue one row for the broker; its traceparent is among the stored headers."""
         headers = [(name, raw.encode()) for name, raw in row["headers"]]
-        trace = tracing.from_headers(headers)
-        with log_context(
-            event_id=row["event_id"],
-            topic=row["topic"],
-            need_id=row["key"] if _keyed_by_need(row["topic"]) else None,
-            trace_id=trace.trace_id if trace else None,
-        ):
-            log.debug("outbox %s: publishing %s", self._schema, row["event_id"])
-            future: asyncio.Future[Any] = await self._producer.send(
-                row["topic"],
-                key=row["key"].encode(),
-                value=bytes(row["value"]) if row["value"] is not None else None,
-                headers=headers,
-            )
-            return future
-
-    async def _listen(self) -> asyncpg.Connection | None:
-        # LISTEN/NOTIFY only shortens latency; polling alone is still correct.
-        try:
-            conn = await asyncpg.connect(self._database_url)
-            await conn.add_listener(f"{self._schema}_outbox", lambda *_: self._wakeup.set())
-            return conn
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("outbox %s: no LISTEN connection, polling only: %s", self._schema, exc)
-            return None
+        if log.isEnabledFor(logging.DEBUG):  # the context costs more than the send itself
+            trace = tracing.from_headers(headers)
+            with log_context(
+                event_id=row["event_id"],
+                topic=row["topic"],
+                need_id=row["key"] if _keyed_by_need(row["topic"]) else None,
+                trace_id=trace.trace_id if trace else None,
+            ):
+                log.debug("outbox %s: publishing %s", self._schema, row["event_id"])
+        future: asyncio.Future[Any] = await self._producer.send(
+            row["topic"],
+            key=row["key"].encode(),
+            value=bytes(row["value"]) if row["value"] is not None else None,
+            headers=headers,
+        )
+        return future
 
     async def _sleep(self) -> None:
+        # NOTIFY only shortens latency; polling alone is still correct.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
         self._wakeup.clear()

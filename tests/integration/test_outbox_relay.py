@@ -72,3 +72,62 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
     records = await read_topic(infra.kafka_bootstrap_servers, spec.name)
     published = [decode(spec, r.key, r.value, r.headers).event for r in records]
     assert published == committed
+
+
+async def test_a_second_relay_waits_and_takes_over_when_the_first_one_ends(
+    infra: Infrastructure,
+) -> None:
+    spec = TopicSpec(f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted,))
+    await ensure_topics(infra.kafka_bootstrap_servers, [spec.name], partitions=1)
+    schema, pool = await fresh_schema(infra, "matching")
+    settings = BaseServiceSettings(
+        database_url=infra.database_url, kafka_bootstrap_servers=infra.kafka_bootstrap_servers
+    )
+    producer = make_producer(settings, "test-outbox")
+    await producer.start()
+    need_id = uuid4()
+    events = [an_acceptance(need_id) for _ in range(6)]
+
+    async def enqueue(batch: list[OfferAccepted]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for event in batch:
+                await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
+
+    async def drained() -> bool:
+        async with pool.acquire() as conn:
+            return await outbox.backlog(conn) == 0
+
+    async def relay_locks() -> int:
+        async with pool.acquire() as conn:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND a.application_name = $1",
+                    f"refnet-{schema}-outbox",
+                )
+            )
+
+    tasks = []
+    try:
+        for _ in range(2):
+            relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
+            tasks.append(asyncio.create_task(relay.run()))
+        await enqueue(events[:3])
+        await eventually(drained, "the first rows relayed")
+        assert await relay_locks() == 1  # one relay active, the other waiting
+        first = tasks.pop(0)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await enqueue(events[3:])
+        await eventually(drained, "the rest relayed by the relay that took over")
+        assert await relay_locks() == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
+
+    records = await read_topic(infra.kafka_bootstrap_servers, spec.name)
+    assert [decode(spec, r.key, r.value, r.headers).event for r in records] == events
