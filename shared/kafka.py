@@ -340,6 +340,7 @@ async def process_batch(
         deliveries.append(Delivery(envelope, raw, dead_letters.consumer_name))
     if not deliveries:
         return
+    metrics.BATCH_RECORDS.labels(spec.name, dead_letters.consumer_name).observe(len(deliveries))
     try:
         with metrics.deferred():
             await handle_batch(deliveries)
@@ -363,8 +364,10 @@ async def consume(
     max_attempts: int,
     handle_batch: BatchHandler | None = None,
 ) -> None:
-    """Process records forever, committing each partition's offset after its batch. With
-    ``handle_batch``, each partition's batch goes through ``process_batch``."""
+    """Process records forever, committing the offsets of each fetch once it is handled.
+    With ``handle_batch``, a fetch's records of one topic, every partition's in its order,
+    go through ``process_batch`` together: one transaction and one offset commit for what
+    a fetch brings, rather than one per partition."""
     by_name = {spec.name: spec for spec in specs}
     while True:
         try:
@@ -373,19 +376,10 @@ async def consume(
             log.warning("consumer %s: fetch failed, retrying: %s", dead_letters.consumer_name, exc)
             await asyncio.sleep(1)
             continue
-        for tp, records in batches.items():
-            raws = [
-                RawMessage(
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    record.key,
-                    record.value,
-                    tuple(record.headers or ()),
-                )
-                for record in records
-            ]
-            spec = by_name[tp.topic]
+        if not batches:
+            continue
+        for topic, raws in _by_topic(batches).items():
+            spec = by_name[topic]
             if handle_batch is not None:
                 await process_batch(
                     spec, raws, handle_batch, handle, dead_letters, max_attempts=max_attempts
@@ -393,12 +387,33 @@ async def consume(
             else:
                 for raw in raws:
                     await process_record(spec, raw, handle, dead_letters, max_attempts=max_attempts)
-            try:
-                await consumer.commit({tp: records[-1].offset + 1})
-            except KafkaError as exc:
-                # The effects are durable and idempotent; a later commit covers this one,
-                # and after a rebalance the new owner's inbox absorbs the redelivery.
-                log.warning("consumer %s: commit failed: %s", dead_letters.consumer_name, exc)
+        try:
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        except KafkaError as exc:
+            # The effects are durable and idempotent; a later commit covers this one,
+            # and after a rebalance the new owner's inbox absorbs the redelivery.
+            log.warning("consumer %s: commit failed: %s", dead_letters.consumer_name, exc)
+
+
+def _by_topic(
+    batches: Mapping[TopicPartition, Sequence[ConsumerRecord]],
+) -> dict[str, list[RawMessage]]:
+    """A fetch's records by topic; each partition's stay in order, which is all the order
+    there is (records are keyed so that what must stay in order shares a partition)."""
+    topics: dict[str, list[RawMessage]] = {}
+    for tp, records in batches.items():
+        topics.setdefault(tp.topic, []).extend(
+            RawMessage(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                tuple(record.headers or ()),
+            )
+            for record in records
+        )
+    return topics
 
 
 async def read_to_end(

@@ -81,6 +81,14 @@ CONSUMER_LAG = Gauge(
     "topic (end offset minus committed offset, measured at each scrape).",
     ["service", "topic"],
 )
+BATCH_RECORDS = Histogram(
+    "refnet_consumer_batch_records",
+    "Records handled together in one transaction, by topic and consumer: how far a consumer "
+    "amortises its commits and round trips (1s at low load, up to the batch limit when it "
+    "catches up).",
+    ["topic", "consumer"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
 DLQ_MESSAGES = Counter(
     "refnet_dlq_messages",
     "Records a consumer gave up on and wrote to <topic>.dlq, by the topic they came from.",

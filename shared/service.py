@@ -66,7 +66,8 @@ class ServiceLifecycle:
         batch_handler: BatchHandler | None = None,
     ) -> None:
         """The producer and the outbox relay, then the consumer of ``topics`` in ``group``
-        (each partition's batch handled by ``batch_handler`` when there is one)."""
+        (the records of a topic that one fetch brings handled together by ``batch_handler``
+        when there is one)."""
         producer = make_producer(self.settings, self.name)
         # Registered before starting: a shutdown while Kafka is down still closes them.
         self.on_stop(producer.stop)

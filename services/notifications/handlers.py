@@ -56,9 +56,9 @@ async def handle_event(deps: Deps, envelope: Envelope) -> None:
 
 
 async def handle_events(deps: Deps, deliveries: Sequence[Delivery]) -> None:
-    """A partition's batch of events, in order, in one transaction: one commit for the batch
-    instead of one per event (shared.kafka.process_batch handles them one at a time again if
-    it fails)."""
+    """The events of a topic that one fetch brought, each partition's in order, in one
+    transaction: one commit for the batch instead of one per event (shared.kafka.process_batch
+    handles them one at a time again if it fails)."""
     async with deps.pool.acquire() as conn, conn.transaction():
         for delivery in deliveries:
             with delivery.context():

@@ -1,25 +1,29 @@
 """Records handled in batches (shared.kafka.process_batch) on a real broker: poison in a
 batch is dead-lettered with its reason and the rest handled together; a batch that fails is
-handled again one record at a time, so only the record that keeps failing is dead-lettered."""
+handled again one record at a time, so only the record that keeps failing is dead-lettered.
+The consume loop hands over what a fetch brings of a topic, every partition's in its order,
+and commits every partition it read."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared import dlq
 from shared.cloudevents import Envelope, encode
 from shared.events import NeedSubmitted
 from shared.infra import Infrastructure
-from shared.kafka import DeadLetters, Delivery, RawMessage, process_batch
+from shared.kafka import DeadLetters, Delivery, RawMessage, consume, process_batch
 from shared.logs import current_fields
 from shared.topics import NEEDS
 from tests.factories import need_submitted
-from tests.kafka_reader import read_topic
+from tests.kafka_reader import eventually, read_topic
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
@@ -110,3 +114,58 @@ async def test_a_failed_batch_is_handled_one_by_one_and_only_the_bad_record_dead
     assert (
         reason == f"handler failed after 2 attempts: RuntimeError: cannot handle {needs[1].need_id}"
     )
+
+
+async def test_the_consume_loop_hands_over_each_partition_in_order_once_and_commits_them_all(
+    infra: Infrastructure, producer: AIOKafkaProducer, topic: str
+) -> None:
+    needs = [need_submitted() for _ in range(40)]
+    for need in needs:
+        headers, value = encode(need, event_id=uuid4(), source="/tests", time=NOW)
+        await producer.send_and_wait(topic, value, key=str(need.need_id).encode(), headers=headers)
+    handled: list[tuple[int, int, UUID]] = []
+
+    async def batch(deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            assert d.raw is not None
+            handled.append((d.raw.partition, d.raw.offset, _need_id(d.envelope)))
+
+    async def single(envelope: Envelope) -> None:
+        raise AssertionError("no batch fails here")
+
+    group = f"test-consume-{uuid4().hex[:8]}"
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra.kafka_bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    spec = dataclasses.replace(NEEDS, name=topic)
+    loop = asyncio.create_task(
+        consume(
+            consumer, [spec], single, DeadLetters(producer, "tests"), max_attempts=2,
+            handle_batch=batch,
+        )
+    )  # fmt: skip
+    try:
+        await eventually(lambda: len(handled) >= len(needs), "every need handled")
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = await consumer.end_offsets(partitions)
+
+        async def all_committed() -> bool:
+            return all([await consumer.committed(tp) == ends[tp] for tp in partitions])
+
+        await eventually(all_committed, "every partition's offset committed")
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await consumer.stop()
+
+    assert sorted(n for _, _, n in handled) == sorted(n.need_id for n in needs)
+    for partition in {p for p, _, _ in handled}:
+        offsets = [o for p, o, _ in handled if p == partition]
+        assert offsets == sorted(offsets)
+    assert len({p for p, _, _ in handled}) == 2  # the topic's both partitions were read

@@ -194,7 +194,7 @@ async def test_a_status_event_delivered_twice_changes_the_need_once(
 
     declined = delivery(2, ReferralStatus.DECLINED, "e-2")
     envelopes = [declined, declined, delivery(1, ReferralStatus.OFFERED, "e-1")]
-    if batched:  # as the consumer hands over a partition's batch
+    if batched:  # as the consumer hands over a fetch's batch
         await on_events(intake_pool, [Delivery(envelope) for envelope in envelopes])
     else:
         for envelope in envelopes:

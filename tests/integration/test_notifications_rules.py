@@ -116,7 +116,7 @@ async def test_the_person_is_told_who_will_contact_them_by_email(
 async def test_a_needs_events_in_one_batch_act_as_delivered_one_by_one(
     deps: Deps, sink: SmtpSink, contacts: StaticContactBook
 ) -> None:
-    """As the consumer hands a partition's batch over: the need, its offer and the
+    """As the consumer hands a fetch's batch over: the need, its offer and the
     acceptance in one transaction, then the same batch again (a redelivery)."""
     email = ContactPreferences(channel=ContactChannel.EMAIL)
     need = need_submitted(NeedCategory.COUNSELING, at=deps.clock.now(), contact=email)
