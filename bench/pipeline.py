@@ -17,17 +17,12 @@ Everything listens on 127.0.0.1 and everything stops at the end.
    record per record consumed, wait for the acks, commit: messages/s, median of
    BROKER_RUNS runs. And a broker hop's latency: records produced open-loop at each offered
    rate, latency from the scheduled send to a plain consumer in this process receiving it.
-2. Bare web+database (bench/webdb.py): one FastAPI endpoint doing one asyncpg INSERT, served
-   by uvicorn exactly as intake is (one process, same uvicorn arguments, same JSON logging,
-   intake's pool). Driven by the same load generator with the same intake bodies:
-   closed-loop requests/s, then open-loop latency at each offered rate.
-3. Intake: POST /api/v1/intakes with a worker API token (`refnet users token`), each body a
-   valid intake with one need, a unique submission_id and person, and a valid Part 2 consent
-   (today's date, network recipients). Closed-loop requests/s with the same client and
-   connections as step 2; its ratio to step 2 (goal >= 0.5). The needs it makes go through
-   the pipeline meanwhile; waiting for all their offers gives the closed-loop end-to-end
-   rate.
-4. End to end, open-loop at each offered rate (default 50, 200, 500 needs/s for
+2. Intake with the pipeline: POST /api/v1/intakes with a worker API token (`refnet users
+   token`), each body a valid intake with one need, a unique submission_id and person, and a
+   valid Part 2 consent (today's date, network recipients). Closed-loop requests/s while the
+   needs it makes go through the pipeline; waiting for all their offers gives the
+   closed-loop end-to-end rate.
+3. End to end, open-loop at each offered rate (default 50, 200, 500 needs/s for
    BENCH_SECONDS each): request i starts at t0 + i/rate whatever the answers do. A consumer
    in this process reads every agency's offer topic (refnet.agency.<id>.offers, no group,
    all partitions) and matches ReferralOffered records to the need_id intake answered with.
@@ -41,6 +36,15 @@ Everything listens on 127.0.0.1 and everything stops at the end.
    answered 201 and offered within the grace time, and achieved >= 95% of offered. Before
    the next load, up to BENCH_DRAIN_SECONDS for every need accepted so far to be offered, so
    each load starts on an empty pipeline (the backlog at its start is reported).
+4. Then matching and notifications are stopped (SIGTERM), and after SETTLE_SECONDS:
+   bare web+database (bench/webdb.py): one FastAPI endpoint doing one asyncpg INSERT, served
+   by uvicorn exactly as intake is (one process, same uvicorn arguments, same JSON logging,
+   intake's pool), driven by the same load generator with the same intake bodies:
+   closed-loop requests/s, then open-loop latency at each offered rate.
+5. Intake alone: step 2's closed loop again, with matching and notifications still stopped,
+   so intake and its baseline run beside the same processes (Postgres, the broker, the
+   generator; intake's outbox relay publishes every NeedSubmitted meanwhile). Its ratio to
+   step 4's closed loop is the intake figure (goal >= 0.5); step 2's ratio is reported too.
 
 Needs are matchable by construction: each (category, ZIP) pair used is one where the real
 eligibility rules (services.matching.ranking.exclusion) find at least one demo service for
@@ -60,8 +64,10 @@ Caveats
   load generated on it; the CPU table says who used what. A busy machine (other work
   running) lowers every figure: the report gives the load average and the machine's busy
   share outside this benchmark's processes.
-* The baselines run while the stack is up but idle; intake's closed loop runs while
-  matching and notifications process the needs it makes, as they would in production.
+* The broker baseline runs on the whole stack, idle. The web+db baseline and intake alone
+  run with matching and notifications stopped: the same processes beside each, so their
+  ratio compares the two web services and not what else happens to share the cores. Intake
+  with the pipeline, and the end-to-end loads, run with everything, as in production.
 * Tansu keeps topics in memory, Postgres runs with its defaults (fsync on); neither is
   tuned. No replication, one broker.
 * Percentiles are nearest-rank over the needs that completed; a level that did not keep up
@@ -695,14 +701,36 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
     assert stack.infra is not None
     cpu = CpuMeter()
     bootstrap = stack.infra.kafka_bootstrap_servers
-    auth = {"Authorization": f"Bearer {token}"}
-    intake_port = stack.ports.intake
-
     progress(f"broker baseline: {BROKER_MESSAGES:,} messages, then a hop at {LOADS} msg/s...")
     result["broker"] = await broker_baseline(bootstrap, cpu)
+    await pipeline(stack, token, cpu, result)
+    # Intake against its baseline on the same footing: the stack but for the services
+    # downstream of intake, which would otherwise share the cores with one and not the other.
+    progress("stopping matching and notifications for the web+db and intake-alone loops...")
+    for name in DOWNSTREAM:
+        stack.stop_service(name)
+    await asyncio.sleep(SETTLE_SECONDS)
+    result["webdb"] = await webdb_baseline(stack.infra.database_url, stack.run_dir, cpu)
+    progress(f"intake alone: closed loop, {CONNECTIONS} connections...")
+    bodies = IntakeBodies(SEED, "a")
+    result["intake_alone"] = await closed(
+        stack.ports.intake, _auth(token), INTAKE_PATH, bodies, cpu
+    )
+    add_ratios(result)
 
+
+DOWNSTREAM = ("matching", "notifications")
+# After the pipeline's last load: intake answers what it still holds, the relays drain.
+SETTLE_SECONDS = 5.0
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def webdb_baseline(database_url: str, run_dir: Path, cpu: CpuMeter) -> dict[str, Any]:
     progress("web+db baseline: starting bench.webdb...")
-    webdb, port = await start_webdb(stack.infra.database_url, stack.run_dir)
+    webdb, port = await start_webdb(database_url, run_dir)
     try:
         bodies = IntakeBodies(SEED, "w")
         progress(f"web+db baseline: closed loop, {CONNECTIONS} connections...")
@@ -716,12 +744,17 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
                 port, {}, WEBDB_PATH, bodies, rate, BASELINE_SECONDS, GRACE_SECONDS, cpu
             )
             await asyncio.sleep(1)
-        result["webdb"] = webdb_result
+        return webdb_result
     finally:
         stop_process(webdb)
 
+
+async def pipeline(stack: LocalStack, token: str, cpu: CpuMeter, result: dict[str, Any]) -> None:
+    """Intake's closed loop with the pipeline running, then the open-loop loads."""
+    assert stack.infra is not None
+    auth, intake_port = _auth(token), stack.ports.intake
     agency_ids = [p.agency_id for p in profiles(read_package(DEMO_PACKAGE), 1)]
-    offers = Offers(bootstrap, agency_ids)
+    offers = Offers(stack.infra.kafka_bootstrap_servers, agency_ids)
     await offers.start()
     try:
         bodies = IntakeBodies(SEED, "i")
@@ -731,7 +764,7 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
             if 200 <= status < 300 and (need_id := need_id_of(answer)):
                 made.append(need_id)
 
-        progress(f"intake: closed loop, {CONNECTIONS} connections...")
+        progress(f"intake with the pipeline: closed loop, {CONNECTIONS} connections...")
         t0 = time.time()
         intake = await closed(intake_port, auth, INTAKE_PATH, bodies, cpu, note)
         progress(f"intake: waiting for the offers of its {len(made):,} needs...")
@@ -742,7 +775,6 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
         intake["offers_waited_after_s"] = round(waited, 1)
         intake["end_to_end_per_s"] = round(len(got) / (max(got) - t0), 1) if got else None
         result["intake"] = intake
-        result["intake"]["ratio_to_webdb"] = _ratio(intake["per_s"], result["webdb"]["closed"])
         await asyncio.sleep(2)
 
         levels = []
@@ -779,7 +811,6 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
         result["end_to_end"] = levels
     finally:
         await offers.stop()
-    add_ratios(result)
 
 
 def _ratio(value: float | None, baseline: dict[str, Any]) -> float | None:
@@ -790,8 +821,11 @@ def _ratio(value: float | None, baseline: dict[str, Any]) -> float | None:
 def add_ratios(result: dict[str, Any]) -> None:
     """Each end-to-end figure against its baselines."""
     broker, webdb, intake = result["broker"], result["webdb"], result["intake"]
-    intake["goal"] = INTAKE_GOAL
-    intake["goal_met"] = (intake["ratio_to_webdb"] or 0) >= INTAKE_GOAL
+    alone = result["intake_alone"]
+    intake["ratio_to_webdb"] = _ratio(intake["per_s"], webdb["closed"])
+    alone["ratio_to_webdb"] = _ratio(alone["per_s"], webdb["closed"])
+    alone["goal"] = INTAKE_GOAL
+    alone["goal_met"] = (alone["ratio_to_webdb"] or 0) >= INTAKE_GOAL
     for level in result["end_to_end"]:
         rate = _key(level["offered_per_s"])
         achieved = level["achieved_per_s"]
@@ -822,9 +856,11 @@ def add_ratios(result: dict[str, Any]) -> None:
     result["summary"] = {
         "broker_loop_per_s": broker["loop_per_s"],
         "webdb_per_s": webdb["closed"]["per_s"],
-        "intake_per_s": intake["per_s"],
-        "intake_to_webdb": intake["ratio_to_webdb"],
-        "intake_goal_met": intake["goal_met"],
+        "intake_per_s": alone["per_s"],
+        "intake_to_webdb": alone["ratio_to_webdb"],
+        "intake_goal_met": alone["goal_met"],
+        "intake_with_pipeline_per_s": intake["per_s"],
+        "intake_with_pipeline_to_webdb": intake["ratio_to_webdb"],
         "end_to_end_closed_loop_per_s": intake.get("end_to_end_per_s"),
         "highest_load_kept_up_per_s": max((lvl["offered_per_s"] for lvl in e2e), default=None),
         "best_achieved_per_s": max(lvl["achieved_per_s"] for lvl in result["end_to_end"]),

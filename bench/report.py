@@ -17,7 +17,9 @@ COLOURS = ("#1b6ca8", "#d1495b", "#2e8b57", "#8e6c8a", "#e08e0b", "#444444")
 CAVEATS = (
     "The load generator, the offer consumer, Postgres, the broker and the three services all "
     "share this machine's cores; the CPU table shows who used what in each phase.",
-    "Baselines run while the stack is up and idle; intake's closed loop runs while matching "
+    "The web+db baseline and intake alone run last, with matching and notifications stopped, "
+    "so neither shares the cores with the services downstream of intake; the broker "
+    "baseline runs on the whole stack, idle. Intake with the pipeline runs while matching "
     "and notifications process the needs it makes.",
     "Embedded infrastructure: Tansu keeps topics in memory; Postgres runs with its defaults "
     "(fsync on). One broker, no replication, nothing tuned.",
@@ -106,7 +108,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += _summary_section(result)
     lines += _broker_section(result.get("broker"))
     lines += _webdb_section(result.get("webdb"), s)
-    lines += _intake_section(result.get("intake"), s)
+    lines += _intake_section(result.get("intake_alone"), result.get("intake"))
     lines += _e2e_section(result.get("end_to_end"), s)
     lines += _cpu_section(result)
     lines += ["## Caveats", "", *(f"- {c}" for c in CAVEATS), ""]
@@ -118,8 +120,7 @@ def _summary_section(result: dict[str, Any]) -> list[str]:
     summary = result.get("summary")
     if not summary:
         return []
-    intake = result.get("intake", {})
-    goal = intake.get("goal", 0.5)
+    goal = result.get("intake_alone", {}).get("goal", 0.5)
     rows = [
         [
             "bare broker: consume-produce-commit loop (messages/s)",
@@ -128,10 +129,15 @@ def _summary_section(result: dict[str, Any]) -> list[str]:
         ],
         ["bare web+db: FastAPI + one INSERT (requests/s)", _n(summary["webdb_per_s"]), ""],
         [
-            "intake JSON API submissions (requests/s)",
+            "intake JSON API submissions (requests/s), downstream stopped as for web+db",
             _n(summary["intake_per_s"]),
             f"{_x(summary['intake_to_webdb'])} of web+db (goal >= {goal:g}x: "
             f"{'met' if summary['intake_goal_met'] else '**not met**'})",
+        ],
+        [
+            "intake JSON API submissions (requests/s), with the pipeline running",
+            _n(summary["intake_with_pipeline_per_s"]),
+            f"{_x(summary['intake_with_pipeline_to_webdb'])} of web+db",
         ],
         [
             "end to end, intake's closed loop (needs/s)",
@@ -236,22 +242,29 @@ def _webdb_section(webdb: dict[str, Any] | None, s: dict[str, Any]) -> list[str]
     return [*lines, *_table(head, rows), ""]
 
 
-def _intake_section(intake: dict[str, Any] | None, s: dict[str, Any]) -> list[str]:
-    if not intake:
+def _intake_section(alone: dict[str, Any] | None, intake: dict[str, Any] | None) -> list[str]:
+    if not alone or not intake:
         return []
     return [
         "## Intake JSON API",
         "",
         "`POST /api/v1/intakes` with a worker API token; each body a valid intake with one "
         "need, a unique submission and person, and a valid consent. Closed loop, "
-        f"{intake['connections']} connections, {_n(intake['seconds'], 0)} s after the warm-up:",
+        f"{intake['connections']} connections, {_n(intake['seconds'], 0)} s after the warm-up, "
+        "twice: alone (matching and notifications stopped, as for the web+db baseline; "
+        "intake's outbox relay publishes every NeedSubmitted meanwhile), and with the pipeline "
+        "running (matching and notifications handling the needs it makes, on the same cores):",
         "",
-        *_table(CLOSED_HEAD, [_closed_row("intake", intake)]),
+        *_table(
+            CLOSED_HEAD,
+            [_closed_row("intake alone", alone), _closed_row("intake with the pipeline", intake)],
+        ),
         "",
-        f"Intake / web+db: **{_x(intake['ratio_to_webdb'])}** (goal >= {intake['goal']:g}x: "
-        f"{'met' if intake['goal_met'] else '**not met**'}).",
+        f"Intake alone / web+db: **{_x(alone['ratio_to_webdb'])}** (goal >= {alone['goal']:g}x: "
+        f"{'met' if alone['goal_met'] else '**not met**'}). With the pipeline running: "
+        f"{_x(intake['ratio_to_webdb'])}.",
         "",
-        f"Its {_n(intake['needs_made'])} needs (warm-up included): "
+        f"The pipeline loop's {_n(intake['needs_made'])} needs (warm-up included): "
         f"{_n(intake['needs_offered'])} offered, the last "
         f"{_n(intake['offers_waited_after_s'])} s after the loop ended; end to end "
         f"**{_n(intake['end_to_end_per_s'])} needs/s** (needs / time from the loop's start "
@@ -368,9 +381,11 @@ def _cpu_section(result: dict[str, Any]) -> list[str]:
         for rate, o in result["webdb"]["open"].items():
             phases.append((f"web+db at {rate}/s", o["cpu"]))
     if result.get("intake"):
-        phases.append(("intake closed loop", result["intake"]["cpu"]))
+        phases.append(("intake with the pipeline", result["intake"]["cpu"]))
     for lvl in result.get("end_to_end") or []:
         phases.append((f"end to end at {_n(lvl['offered_per_s'], 0)}/s", lvl["cpu"]))
+    if result.get("intake_alone"):
+        phases.append(("intake alone", result["intake_alone"]["cpu"]))
     if not phases:
         return []
     groups = sorted({g for _, cpu in phases for g in cpu["cores_used"]})

@@ -141,6 +141,14 @@ class LocalStack:
         stop_process(self.processes[name], sig)
         self._spawn(name)
 
+    def stop_service(self, name: str) -> None:
+        """Stop one service until start_service; the rest of the stack runs on."""
+        stop_process(self.processes.pop(name))
+
+    def start_service(self, name: str) -> None:
+        self._spawn(name)
+        self._wait_ready(self.service_urls[name], name)
+
     def stop(self) -> None:
         for proc in self.processes.values():
             stop_process(proc)
