@@ -376,14 +376,14 @@ def _cpu_section(result: dict[str, Any]) -> list[str]:
     phases: list[tuple[str, dict[str, Any]]] = []
     if result.get("broker"):
         phases.append(("broker: produce + loops", result["broker"]["cpu"]))
-    if result.get("webdb"):
-        phases.append(("web+db closed loop", result["webdb"]["closed"]["cpu"]))
-        for rate, o in result["webdb"]["open"].items():
-            phases.append((f"web+db at {rate}/s", o["cpu"]))
     if result.get("intake"):
         phases.append(("intake with the pipeline", result["intake"]["cpu"]))
     for lvl in result.get("end_to_end") or []:
         phases.append((f"end to end at {_n(lvl['offered_per_s'], 0)}/s", lvl["cpu"]))
+    if result.get("webdb"):
+        phases.append(("web+db closed loop", result["webdb"]["closed"]["cpu"]))
+        for rate, o in result["webdb"]["open"].items():
+            phases.append((f"web+db at {rate}/s", o["cpu"]))
     if result.get("intake_alone"):
         phases.append(("intake alone", result["intake_alone"]["cpu"]))
     if not phases:
@@ -398,8 +398,9 @@ def _cpu_section(result: dict[str, Any]) -> list[str]:
     return [
         "## CPU by process (cores used, averaged over each phase)",
         "",
-        "1.00 = one core busy for the whole phase. 'outside' is the rest of the machine "
-        "(anything not started by this benchmark); near 0 on a quiet machine.",
+        "Phases in the order they ran. 1.00 = one core busy for the whole phase. 'outside' is "
+        "the rest of the machine (anything not started by this benchmark); near 0 on a quiet "
+        "machine.",
         "",
         *_table(["phase", *groups, "all of the benchmark", "outside"], rows),
         "",
