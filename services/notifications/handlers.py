@@ -37,7 +37,7 @@ from shared.events import (
     ReferralStatus,
     ReferralStatusChanged,
 )
-from shared.inbox import first_delivery
+from shared.inbox import first_deliveries, first_delivery
 from shared.kafka import Delivery
 from shared.topics import AFTERCARE, CAPACITY_UPDATES, OFFER_RESPONSES
 
@@ -52,7 +52,8 @@ __all__ = ["CONSUMER", "Deps", "handle_event", "handle_events"]
 
 async def handle_event(deps: Deps, envelope: Envelope) -> None:
     async with deps.pool.acquire() as conn, conn.transaction():
-        await _apply(conn, deps, envelope)
+        if await first_delivery(conn, CONSUMER, envelope):
+            await _apply(conn, deps, envelope)
 
 
 async def handle_events(deps: Deps, deliveries: Sequence[Delivery]) -> None:
@@ -60,14 +61,16 @@ async def handle_events(deps: Deps, deliveries: Sequence[Delivery]) -> None:
     transaction: one commit for the batch instead of one per event (shared.kafka.process_batch
     handles them one at a time again if it fails)."""
     async with deps.pool.acquire() as conn, conn.transaction():
-        for delivery in deliveries:
-            with delivery.context():
-                await _apply(conn, deps, delivery.envelope)
+        # The inbox for the whole batch in one statement rather than one per event.
+        firsts = await first_deliveries(conn, CONSUMER, [d.envelope for d in deliveries])
+        for delivery, first in zip(deliveries, firsts, strict=True):
+            if first:
+                with delivery.context():
+                    await _apply(conn, deps, delivery.envelope)
 
 
 async def _apply(conn: asyncpg.Connection, deps: Deps, envelope: Envelope) -> None:
-    if not await first_delivery(conn, CONSUMER, envelope):
-        return
+    """An event delivered for the first time (the caller checked the inbox)."""
     event = envelope.event
     if isinstance(event, NeedSubmitted):
         await repo.remember_referrer(conn, event)
