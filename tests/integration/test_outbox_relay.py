@@ -6,7 +6,9 @@ import asyncio
 from datetime import UTC, datetime
 from uuid import uuid4
 
+import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from shared import outbox
 from shared.clock import ManualClock
@@ -29,9 +31,10 @@ def an_acceptance(need_id: object) -> OfferAccepted:
     )
 
 
-async def test_committed_events_are_published_in_order_and_rolled_back_ones_never(
+async def a_topic_schema_and_producer(
     infra: Infrastructure,
-) -> None:
+) -> tuple[TopicSpec, str, asyncpg.Pool, AIOKafkaProducer]:
+    """A topic of the test's own, a fresh schema with its outbox, and a started producer."""
     spec = TopicSpec(f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted,))
     await ensure_topics(infra.kafka_bootstrap_servers, [spec.name], partitions=1)
     schema, pool = await fresh_schema(infra, "matching")
@@ -40,6 +43,13 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
     )
     producer = make_producer(settings, "test-outbox")
     await producer.start()
+    return spec, schema, pool, producer
+
+
+async def test_committed_events_are_published_in_order_and_rolled_back_ones_never(
+    infra: Infrastructure,
+) -> None:
+    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
     need_id = uuid4()
     committed = [an_acceptance(need_id) for _ in range(5)]
     try:
@@ -77,14 +87,7 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
 async def test_a_second_relay_waits_and_takes_over_when_the_first_one_ends(
     infra: Infrastructure,
 ) -> None:
-    spec = TopicSpec(f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted,))
-    await ensure_topics(infra.kafka_bootstrap_servers, [spec.name], partitions=1)
-    schema, pool = await fresh_schema(infra, "matching")
-    settings = BaseServiceSettings(
-        database_url=infra.database_url, kafka_bootstrap_servers=infra.kafka_bootstrap_servers
-    )
-    producer = make_producer(settings, "test-outbox")
-    await producer.start()
+    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
     need_id = uuid4()
     events = [an_acceptance(need_id) for _ in range(6)]
 
