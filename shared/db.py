@@ -30,11 +30,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection of its own)."""
 
 
-async def connect(database_url: str, schema: str, application_name: str) -> asyncpg.Connection:
-    """A connection of its own (not pooled) that sees the service's schema, as pooled ones do."""
+async def connect(
+    database_url: str, schema: str, application_name: str, **settings: str
+) -> asyncpg.Connection:
+    """A connection of its own (not pooled) that sees the service's schema, as pooled ones
+    do; ``settings`` are further server settings for its session."""
     conn = await asyncpg.connect(
         database_url,
-        server_settings={"search_path": schema, "application_name": application_name},
+        server_settings={"search_path": schema, "application_name": application_name, **settings},
     )
     await _init_connection(conn)
     return conn

@@ -110,6 +110,14 @@ async def backlog(conn: asyncpg.Connection) -> int:
 
 # One relay per schema at a time: the key of the advisory lock the active one holds.
 _RELAY_LOCK = "hashtext(current_schema() || '.outbox')"
+# The server probes the relay's connection, so the lock of a relay whose host vanished (no
+# FIN, as when a machine or its network dies) is freed in about 25 s rather than when the
+# kernel's default keepalive (two hours) would notice.
+_RELAY_KEEPALIVE = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 
 
 class OutboxRelay:
@@ -146,7 +154,9 @@ class OutboxRelay:
                 await asyncio.sleep(self._poll_interval_s)
 
     async def _relay(self) -> None:
-        conn = await connect(self._database_url, self._schema, f"refnet-{self._schema}-outbox")
+        conn = await connect(
+            self._database_url, self._schema, f"refnet-{self._schema}-outbox", **_RELAY_KEEPALIVE
+        )
         try:
             await conn.add_listener(f"{self._schema}_outbox", lambda *_: self._wakeup.set())
             while not await conn.fetchval(f"SELECT pg_try_advisory_lock({_RELAY_LOCK})"):
