@@ -29,7 +29,9 @@ from services.intake.security import new_api_token
 from services.intake.settings import IntakeSettings
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope, decode
+from shared.db import create_pool
 from shared.events import NeedSubmitted, ReferralStatus, ReferralStatusChanged
+from shared.infra import Infrastructure
 from shared.kafka import Delivery
 from shared.outbox import outbox_row
 from shared.topics import NEEDS
@@ -110,6 +112,35 @@ async def test_an_intake_writes_its_rows_and_one_event_per_need_in_form_order(
     ]
     # The answer carries the rows as written, in form order.
     assert [row["need_id"] for row in outcome.written] == [n["need_id"] for n in needs]
+
+
+async def test_the_submission_statement_is_planned_once_and_then_reused(
+    infra: Infrastructure,
+    intake_pool: asyncpg.Pool,
+    crypto: Crypto,
+    clock: ManualClock,
+    worker: asyncpg.Record,
+) -> None:
+    # Planned afresh for every call, the write cost Postgres more than the writing
+    # (migration 0008). Postgres plans a prepared statement for its values five times, then
+    # keeps a reusable plan if that one looks no dearer.
+    async with intake_pool.acquire() as conn:
+        schema = await conn.fetchval("SELECT current_schema()")
+    pool = await create_pool(infra.database_url, schema, max_size=1)  # one session's plans
+    try:
+        for n in range(8):
+            await submit_intake(
+                pool, crypto, clock, worker, a_request(person__legal_family_name=f"Plan{n}")
+            )
+        async with pool.acquire() as conn:
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement = $1",
+                repo._WRITE_INTAKE,
+            )
+    finally:
+        await pool.close()
+    assert (plans["custom_plans"], plans["generic_plans"]) == (5, 3)
 
 
 async def test_two_intakes_for_one_new_person_at_once_make_one_person(
