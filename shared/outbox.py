@@ -60,21 +60,36 @@ def outbox_row(
     return OutboxRow(event_id, spec.name, spec.key_of(event), stored_headers, value)
 
 
+def insert_sql(event_ids: str, topics: str, keys: str, headers: str, values: str) -> str:
+    """An INSERT of events into the outbox, in the order given, from arrays in the five
+    placeholders given (the arrays ``columns`` makes): for a statement that writes the
+    outbox along with other things, in one round trip."""
+    return (
+        "INSERT INTO outbox (event_id, topic, key, headers, value) "
+        f"SELECT e, t, k, h, v FROM unnest({event_ids}, {topics}, {keys}, {headers}, "
+        f"{values}) WITH ORDINALITY AS r(e, t, k, h, v, n) ORDER BY n"
+    )
+
+
+def columns(rows: Sequence[OutboxRow]) -> list[tuple[list[Any], str]]:
+    """The rows as insert_sql's five arrays, each with the cast its placeholder needs."""
+    return [
+        ([row.event_id for row in rows], "uuid[]"),
+        ([row.topic for row in rows], "text[]"),
+        ([row.key for row in rows], "text[]"),
+        ([json.dumps(row.headers) for row in rows], "text[]::jsonb[]"),
+        ([row.value for row in rows], "bytea[]"),
+    ]
+
+
 async def write(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
     """Add encoded events to the outbox inside the caller's transaction, in one statement
     (so one NOTIFY wakes the relay), in the order given."""
     if not rows:
         return
-    await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, headers, value) "
-        "SELECT e, t, k, h, v FROM unnest($1::uuid[], $2::text[], $3::text[], "
-        "$4::text[]::jsonb[], $5::bytea[]) WITH ORDINALITY AS r(e, t, k, h, v, n) ORDER BY n",
-        [row.event_id for row in rows],
-        [row.topic for row in rows],
-        [row.key for row in rows],
-        [json.dumps(row.headers) for row in rows],
-        [row.value for row in rows],
-    )
+    arrays = columns(rows)
+    placeholders = (f"${i}::{cast}" for i, (_, cast) in enumerate(arrays, start=1))
+    await conn.execute(insert_sql(*placeholders), *(values for values, _ in arrays))
 
 
 async def enqueue(

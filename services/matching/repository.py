@@ -21,6 +21,7 @@ from services.matching.ranking import (
     OpeningHours,
     ServiceView,
 )
+from shared import outbox
 from shared.events import CapacityStatus, ConsentRevoked, Gender, NeedCategory, NeedSubmitted
 from shared.hsds import AgencyProfile
 
@@ -254,21 +255,6 @@ class PlaceChange:
         return PlaceChange(self.reserved + other.reserved, self.consumed + other.consumed)
 
 
-async def change_places(conn: asyncpg.Connection, changes: Mapping[str, PlaceChange]) -> None:
-    """Apply each service's change, in service order, so two flushes take the counters'
-    locks in the same order (a step that flushes twice may still meet another in a
-    deadlock, which is retried). A service without counters yet starts from zero and
-    records no release below it."""
-    await conn.executemany(
-        "INSERT INTO capacity_counters (service_id, reserved, consumed) "
-        "VALUES ($1, greatest($2::int, 0), greatest($3::int, 0)) "
-        "ON CONFLICT (service_id) DO UPDATE SET "
-        "reserved = capacity_counters.reserved + $2::int, "
-        "consumed = capacity_counters.consumed + $3::int",
-        [(service_id, c.reserved, c.consumed) for service_id, c in sorted(changes.items())],
-    )
-
-
 # --- agencies' recent behaviour --------------------------------------------------------
 
 
@@ -303,25 +289,6 @@ async def record_answer(
 
 
 # --- offers ------------------------------------------------------------------------------
-
-
-async def insert_offers(conn: asyncpg.Connection, offers: Sequence[dict[str, Any]]) -> None:
-    await conn.execute(
-        "INSERT INTO offers (offer_id, need_id, agency_id, service_id, attempt, status, "
-        "respond_by, offered_at, explanation) "
-        "SELECT offer_id, need_id, agency_id, service_id, attempt, 'open', respond_by, "
-        "offered_at, explanation FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], "
-        "$5::int[], $6::timestamptz[], $7::timestamptz[], $8::text[]::jsonb[]) AS o(offer_id, "
-        "need_id, agency_id, service_id, attempt, respond_by, offered_at, explanation)",
-        [offer["offer_id"] for offer in offers],
-        [offer["need_id"] for offer in offers],
-        [offer["agency_id"] for offer in offers],
-        [offer["service_id"] for offer in offers],
-        [offer["attempt"] for offer in offers],
-        [offer["respond_by"] for offer in offers],
-        [offer["offered_at"] for offer in offers],
-        [json.dumps(offer["explanation"]) for offer in offers],
-    )
 
 
 async def offer(conn: asyncpg.Connection, offer_id: UUID) -> dict[str, Any] | None:
@@ -441,25 +408,106 @@ async def referral_for_update(conn: asyncpg.Connection, need_id: UUID) -> dict[s
     return dict(row) if row else None
 
 
-async def save_referrals(conn: asyncpg.Connection, refs: Sequence[dict[str, Any]]) -> None:
-    """Each referral's state, in one statement."""
-    await conn.execute(
+# --- a step's writes ---------------------------------------------------------------------
+
+
+class _Args:
+    """The parameters of a statement being put together, numbered as they are added."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, values: list[Any], cast: str) -> str:
+        self.values.append(values)
+        return f"${len(self.values)}::{cast}"
+
+
+async def write_step(
+    conn: asyncpg.Connection,
+    *,
+    offers: Sequence[dict[str, Any]],
+    places: Mapping[str, PlaceChange],
+    referrals: Sequence[dict[str, Any]],
+    events: Sequence[outbox.OutboxRow],
+) -> None:
+    """A step's writes in one statement, so one round trip: new offers, place counts,
+    referral states, outbox events. Its parts see the same snapshot and change different
+    tables; the check that an offer's referral exists runs as the statement ends."""
+    args = _Args()
+    parts = []
+    if offers:
+        parts.append(_offers_part(args, offers))
+    if places:
+        parts.append(_places_part(args, places))
+    if referrals:
+        parts.append(_referrals_part(args, referrals))
+    if events:
+        parts.append(outbox.insert_sql(*(args.add(*column) for column in outbox.columns(events))))
+    if not parts:
+        return
+    *first, last = parts
+    ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(first))
+    await conn.execute(f"WITH {ctes} {last}" if ctes else last, *args.values)
+
+
+def _offers_part(args: _Args, offers: Sequence[dict[str, Any]]) -> str:
+    return (
+        "INSERT INTO offers (offer_id, need_id, agency_id, service_id, attempt, status, "
+        "respond_by, offered_at, explanation) "
+        "SELECT offer_id, need_id, agency_id, service_id, attempt, 'open', respond_by, "
+        "offered_at, explanation FROM unnest("
+        f"{args.add([o['offer_id'] for o in offers], 'uuid[]')}, "
+        f"{args.add([o['need_id'] for o in offers], 'uuid[]')}, "
+        f"{args.add([o['agency_id'] for o in offers], 'text[]')}, "
+        f"{args.add([o['service_id'] for o in offers], 'text[]')}, "
+        f"{args.add([o['attempt'] for o in offers], 'int[]')}, "
+        f"{args.add([o['respond_by'] for o in offers], 'timestamptz[]')}, "
+        f"{args.add([o['offered_at'] for o in offers], 'timestamptz[]')}, "
+        f"{args.add([json.dumps(o['explanation']) for o in offers], 'text[]')}::jsonb[]) "
+        "AS o(offer_id, need_id, agency_id, service_id, attempt, respond_by, offered_at, "
+        "explanation)"
+    )
+
+
+def _places_part(args: _Args, changes: Mapping[str, PlaceChange]) -> str:
+    """Each service's change, in service order, so two steps take the counters' locks in
+    the same order (a step that writes twice may still meet another in a deadlock, which is
+    retried). A service without counters yet starts from zero and records no release below
+    it; one with counters takes the change as it is."""
+    ordered = sorted(changes.items())
+    services = args.add([service_id for service_id, _ in ordered], "text[]")
+    reserved = args.add([change.reserved for _, change in ordered], "int[]")
+    consumed = args.add([change.consumed for _, change in ordered], "int[]")
+    change = f"unnest({services}, {reserved}, {consumed}) AS d(service_id, reserved, consumed)"
+    return (
+        "INSERT INTO capacity_counters AS c (service_id, reserved, consumed) "
+        "SELECT service_id, greatest(reserved, 0), greatest(consumed, 0) "
+        f"FROM unnest({services}, {reserved}, {consumed}) WITH ORDINALITY "
+        "AS d(service_id, reserved, consumed, n) ORDER BY n "
+        "ON CONFLICT (service_id) DO UPDATE SET "
+        f"reserved = c.reserved + (SELECT d.reserved FROM {change} "
+        "WHERE d.service_id = EXCLUDED.service_id), "
+        f"consumed = c.consumed + (SELECT d.consumed FROM {change} "
+        "WHERE d.service_id = EXCLUDED.service_id)"
+    )
+
+
+def _referrals_part(args: _Args, refs: Sequence[dict[str, Any]]) -> str:
+    return (
         "UPDATE referrals r SET status = u.status, sequence = u.sequence, attempt = u.attempt, "
         "agency_id = u.agency_id, offer_id = u.offer_id, respond_by = u.respond_by, "
         "tried = ARRAY(SELECT jsonb_array_elements_text(u.tried)), updated_at = u.updated_at, "
-        "service_id = u.service_id "
-        "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::uuid[], "
-        "$7::timestamptz[], $8::text[]::jsonb[], $9::timestamptz[], $10::text[]) "
+        "service_id = u.service_id FROM unnest("
+        f"{args.add([r['need_id'] for r in refs], 'uuid[]')}, "
+        f"{args.add([r['status'] for r in refs], 'text[]')}, "
+        f"{args.add([r['sequence'] for r in refs], 'int[]')}, "
+        f"{args.add([r['attempt'] for r in refs], 'int[]')}, "
+        f"{args.add([r['agency_id'] for r in refs], 'text[]')}, "
+        f"{args.add([r['offer_id'] for r in refs], 'uuid[]')}, "
+        f"{args.add([r['respond_by'] for r in refs], 'timestamptz[]')}, "
+        f"{args.add([json.dumps(list(r['tried'])) for r in refs], 'text[]')}::jsonb[], "
+        f"{args.add([r['updated_at'] for r in refs], 'timestamptz[]')}, "
+        f"{args.add([r['service_id'] for r in refs], 'text[]')}) "
         "AS u(need_id, status, sequence, attempt, agency_id, offer_id, respond_by, tried, "
-        "updated_at, service_id) WHERE r.need_id = u.need_id",
-        [ref["need_id"] for ref in refs],
-        [ref["status"] for ref in refs],
-        [ref["sequence"] for ref in refs],
-        [ref["attempt"] for ref in refs],
-        [ref["agency_id"] for ref in refs],
-        [ref["offer_id"] for ref in refs],
-        [ref["respond_by"] for ref in refs],
-        [json.dumps(list(ref["tried"])) for ref in refs],
-        [ref["updated_at"] for ref in refs],
-        [ref["service_id"] for ref in refs],
+        "updated_at, service_id) WHERE r.need_id = u.need_id"
     )

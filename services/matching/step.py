@@ -3,7 +3,7 @@
 A step reads as it goes what it decides on (referrals, offers, the directory) and keeps the
 directory rows it read, with its own changes to their places applied, so a later need in the
 same batch sees the place an earlier one took. The rows it only writes (referral states,
-new offers, place counts, outbox events) are collected and sent in a few statements when it
+new offers, place counts, outbox events) are collected and sent in one statement when it
 ends: that is what makes a batch of needs cost a handful of round trips rather than a dozen
 per need. A read of offers goes through ``flushed()``, so it never misses one still pending.
 """
@@ -117,11 +117,11 @@ class Step:
         self._events.append(outbox.outbox_row(spec, event, source=SOURCE, clock=self.clock))
 
     async def flush(self) -> None:
-        if self._offers:
-            await repo.insert_offers(self.conn, self._offers)
-        if self._places:
-            await repo.change_places(self.conn, self._places)
-        if self._referrals:
-            await repo.save_referrals(self.conn, list(self._referrals.values()))
-        await outbox.write(self.conn, self._events)
+        await repo.write_step(
+            self.conn,
+            offers=self._offers,
+            places=self._places,
+            referrals=list(self._referrals.values()),
+            events=self._events,
+        )
         self._offers, self._places, self._referrals, self._events = [], {}, {}, []

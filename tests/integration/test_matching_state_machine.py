@@ -4,6 +4,7 @@ loop on the accepting agency's reported outcome."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from services.matching.handlers import (
 from services.matching.settings import MatchingSettings
 from shared.clock import ManualClock
 from shared.cloudevents import Envelope, PoisonMessage
+from shared.db import create_pool
 from shared.events import (
     CapacityStatus,
     CapacityUpdated,
@@ -42,6 +44,7 @@ from shared.events import (
     Urgency,
 )
 from shared.hsds import AgencyProfile
+from shared.infra import Infrastructure
 from shared.kafka import Delivery
 from tests.factories import ServiceSpec, agency_profile, need_submitted
 
@@ -411,6 +414,64 @@ async def test_an_open_offer_holds_a_place_and_a_full_service_gets_nothing(
         deps, answer(OfferAccepted, last_offer(await emitted(deps.pool, needs[1].need_id)))
     )
     assert await capacity_of(matching_pool, "svc-small") == (0, 1)
+
+
+async def test_place_changes_add_to_counters_and_a_new_counter_starts_at_zero(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    await given_a_directory(matching_pool)
+    async with matching_pool.acquire() as conn, conn.transaction():
+        await repo.write_step(
+            conn,
+            offers=[],
+            places={"svc-ag-near": repo.PlaceChange(reserved=2)},
+            referrals=[],
+            events=[],
+        )
+    async with matching_pool.acquire() as conn, conn.transaction():
+        # a release from a service whose counters are not there yet records none below 0
+        await repo.write_step(
+            conn,
+            offers=[],
+            places={
+                "svc-ag-near": repo.PlaceChange(reserved=-1, consumed=1),
+                "svc-not-counted-yet": repo.PlaceChange(reserved=-1, consumed=1),
+            },
+            referrals=[],
+            events=[],
+        )
+
+    assert await capacity_of(matching_pool, "svc-ag-near") == (1, 1)
+    assert await capacity_of(matching_pool, "svc-not-counted-yet") == (0, 1)
+
+
+async def test_a_batch_of_needs_costs_the_same_few_statements_whatever_its_size(
+    infra: Infrastructure, deps: Deps
+) -> None:
+    """Round trips cost more than the work they carry, so a batch's statements do not grow
+    with its needs: its reads, then every write in one statement."""
+    async with deps.pool.acquire() as conn:
+        schema = await conn.fetchval("SELECT current_schema()")
+    pool = await create_pool(infra.database_url, schema, max_size=1)  # the connection watched
+    sent: list[str] = []
+
+    def note(query: Any) -> None:
+        sent.append(query.query)
+
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(note)
+        counts = []
+        for size in (1, 1, 5):  # the first also has asyncpg look up the types it meets
+            sent.clear()
+            needs = [Delivery(envelope(a_need())) for _ in range(size)]
+            await handle_needs_submitted(dataclasses.replace(deps, pool=pool), needs)
+            assert [q for q in sent if "INSERT INTO offers" in q] == [sent[-2]]
+            counts.append(len(sent))
+    finally:
+        await pool.close()
+
+    assert counts[1] == counts[2] <= 9, sent  # BEGIN, 6 reads and inserts, the writes, COMMIT
 
 
 async def test_needs_in_one_batch_see_the_places_taken_earlier_in_it(
