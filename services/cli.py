@@ -742,6 +742,11 @@ def run_service(name: str) -> None:
             log_config=None,
         )
     else:
+        import mode.loop
+
+        # uvloop, as uvicorn uses for the other two: round trips to Postgres and the broker
+        # are most of what matching does at low load. Set before the app makes its loop.
+        mode.loop.use("uvloop")
         from faust import Worker
 
         from services.matching.app import create_app as create_matching
