@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,27 +120,57 @@ async def enqueue_tombstone(conn: asyncpg.Connection, spec: TopicSpec, key: str)
     )
 
 
-async def backlog(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+async def backlog(conn: asyncpg.Connection, *, through: int | None = None) -> int:
+    """Rows not yet published; with ``through`` (a ``last_row_id``), only rows up to it, so
+    a caller waiting for its own rows is not kept waiting by ones added since."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL "
+            "AND ($1::bigint IS NULL OR id <= $1)",
+            through,
+        )
+    )
+
+
+async def last_row_id(conn: asyncpg.Connection) -> int:
+    """The newest row's id (0 for an empty outbox)."""
+    return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM outbox"))
 
 
 # One relay per schema at a time: the key of the advisory lock the active one holds.
 _RELAY_LOCK = "hashtext(current_schema() || '.outbox')"
-# The server probes the relay's connection, so the lock of a relay whose host vanished (no
-# FIN, as when a machine or its network dies) is freed in about 25 s rather than when the
-# kernel's default keepalive (two hours) would notice.
+# The server gives up on the relay's connection after about 25 s without an answer, so the
+# lock of a relay whose host vanished (no FIN, as when a machine or its network dies) is
+# freed that soon, not hours later. Keepalive probes find the loss while the connection is
+# idle (else the kernel's default waits two hours); they are not sent while data the relay
+# has not acknowledged (NOTIFYs, say) is queued, and there tcp_user_timeout ends the
+# retransmissions the kernel would otherwise keep up for about 15 minutes.
 _RELAY_KEEPALIVE = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "25000",  # ms
 }
+# A relay that cannot reach the broker this many times in a row gives up the lock, so that
+# a replica whose broker connection works can publish; a success starts the count again.
+BROKER_FAILURES_BEFORE_RELEASE = 3
+# How long, in poll intervals, a relay that gave up the lock waits before competing for it
+# again: long enough for a waiting replica (which tries every poll interval) to take it,
+# jittered so that replicas which all lost the broker do not keep trying in step.
+_RELEASE_BACKOFF_POLLS = (3.0, 6.0)
+
+
+class BrokerUnreachable(Exception):
+    """The relay failed to publish BROKER_FAILURES_BEFORE_RELEASE times in a row."""
 
 
 class OutboxRelay:
     """Publishes a service's outbox. The active relay holds a session advisory lock on a
     connection of its own, which also LISTENs for new rows; a replica's relay waits for the
-    lock and takes over when that connection ends (its process died, say). One relay per
-    schema keeps per-key order even when the service runs as several replicas.
+    lock and takes over when that connection ends (its process died, say) or when the
+    active relay gives the lock up, having failed to reach the broker
+    BROKER_FAILURES_BEFORE_RELEASE times in a row. One relay per schema keeps per-key order
+    even when the service runs as several replicas.
 
     Holding the lock for the session rather than per transaction makes a wake two round
     trips (read the batch, mark it sent) instead of five, which counts at low load, where
@@ -164,11 +195,21 @@ class OutboxRelay:
         while True:
             try:
                 await self._relay()
+            except BrokerUnreachable as exc:
+                pause = self._poll_interval_s * random.uniform(*_RELEASE_BACKOFF_POLLS)
+                log.warning(
+                    "outbox relay for %s released its lock because %s; another replica's relay "
+                    "can publish meanwhile, and this one competes for the lock again in %.1f s "
+                    "(check this replica's network and credentials for the broker)",
+                    self._schema, exc, pause,
+                )  # fmt: skip
+                await asyncio.sleep(pause)
             except Exception as exc:  # Postgres down: the rows wait, unmarked
                 log.warning("outbox relay for %s will retry: %s", self._schema, exc)
                 await asyncio.sleep(self._poll_interval_s)
 
     async def _relay(self) -> None:
+        """Wait for the lock, then publish until the broker fails too often in a row."""
         conn = await connect(
             self._database_url, self._schema, f"refnet-{self._schema}-outbox", **_RELAY_KEEPALIVE
         )
@@ -176,16 +217,32 @@ class OutboxRelay:
             await conn.add_listener(f"{self._schema}_outbox", lambda *_: self._wakeup.set())
             while not await conn.fetchval(f"SELECT pg_try_advisory_lock({_RELAY_LOCK})"):
                 await self._sleep()  # another replica's relay is active
-            while True:
-                try:
-                    published = await self._publish(conn)
-                except KafkaError as exc:  # the broker: keep the lock, try again
-                    log.warning("outbox relay for %s will retry: %s", self._schema, exc)
-                    published = 0
-                if published < BATCH_SIZE:
-                    await self._sleep()
+            await self._publish_while_the_broker_answers(conn)
         finally:
-            await conn.close()  # which releases the lock
+            await conn.close()  # which releases the lock, on cancellation too
+
+    async def _publish_while_the_broker_answers(self, conn: asyncpg.Connection) -> None:
+        failures = 0
+        while True:
+            try:
+                published = await self._publish(conn)
+                failures = 0
+            except KafkaError as exc:
+                failures += 1
+                if failures >= BROKER_FAILURES_BEFORE_RELEASE:
+                    raise BrokerUnreachable(
+                        f"publishing failed {failures} times in a row (last: "
+                        f"{type(exc).__name__}: {exc})"
+                    ) from exc
+                log.warning(
+                    "outbox relay for %s could not publish (%s: %s); retrying, and releasing "
+                    "its lock after %d failures in a row (this is %d)",
+                    self._schema, type(exc).__name__, exc, BROKER_FAILURES_BEFORE_RELEASE,
+                    failures,
+                )  # fmt: skip
+                published = 0
+            if published < BATCH_SIZE:
+                await self._sleep()
 
     async def publish_pending(self) -> int:
         """Publish one batch now from a pooled connection, unless a relay is active for the

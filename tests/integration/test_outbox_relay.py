@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -46,6 +47,42 @@ async def a_topic_schema_and_producer(
     return spec, schema, pool, producer
 
 
+async def enqueue(pool: asyncpg.Pool, spec: TopicSpec, events: list[OfferAccepted]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for event in events:
+            await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
+
+
+async def drained(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as conn:
+        return await outbox.backlog(conn) == 0
+
+
+async def relay_backends(pool: asyncpg.Pool, schema: str) -> dict[int, bool]:
+    """The backend of each relay connection of ``schema`` and whether it holds the lock."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT a.pid, EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
+            "AND l.locktype = 'advisory' AND l.granted) AS holds "
+            "FROM pg_stat_activity a WHERE a.application_name = $1",
+            f"refnet-{schema}-outbox",
+        )
+    return {row["pid"]: row["holds"] for row in rows}
+
+
+async def lock_holder(pool: asyncpg.Pool, schema: str, relays: int) -> int | None:
+    """The backend holding the lock, once ``relays`` relay connections exist and exactly
+    one of them holds it; else None."""
+    backends = await relay_backends(pool, schema)
+    holders = [pid for pid, holds in backends.items() if holds]
+    return holders[0] if len(backends) == relays and len(holders) == 1 else None
+
+
+async def published(infra: Infrastructure, spec: TopicSpec) -> list[object]:
+    records = await read_topic(infra.kafka_bootstrap_servers, spec.name)
+    return [decode(spec, r.key, r.value, r.headers).event for r in records]
+
+
 async def test_committed_events_are_published_in_order_and_rolled_back_ones_never(
     infra: Infrastructure,
 ) -> None:
@@ -66,12 +103,7 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
         relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
         task = asyncio.create_task(relay.run())
         try:
-
-            async def drained() -> bool:
-                async with pool.acquire() as conn:
-                    return await outbox.backlog(conn) == 0
-
-            await eventually(drained, "the outbox relayed")
+            await eventually(lambda: drained(pool), "the outbox relayed")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -79,9 +111,7 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
         await producer.stop()
         await pool.close()
 
-    records = await read_topic(infra.kafka_bootstrap_servers, spec.name)
-    published = [decode(spec, r.key, r.value, r.headers).event for r in records]
-    assert published == committed
+    assert await published(infra, spec) == committed
 
 
 async def test_a_second_relay_waits_and_takes_over_when_the_first_one_ends(
@@ -90,41 +120,21 @@ async def test_a_second_relay_waits_and_takes_over_when_the_first_one_ends(
     spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
     need_id = uuid4()
     events = [an_acceptance(need_id) for _ in range(6)]
-
-    async def enqueue(batch: list[OfferAccepted]) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            for event in batch:
-                await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
-
-    async def drained() -> bool:
-        async with pool.acquire() as conn:
-            return await outbox.backlog(conn) == 0
-
-    async def relay_locks() -> int:
-        async with pool.acquire() as conn:
-            return int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                    "WHERE l.locktype = 'advisory' AND l.granted "
-                    "AND a.application_name = $1",
-                    f"refnet-{schema}-outbox",
-                )
-            )
-
     tasks = []
     try:
         for _ in range(2):
             relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
             tasks.append(asyncio.create_task(relay.run()))
-        await enqueue(events[:3])
-        await eventually(drained, "the first rows relayed")
-        assert await relay_locks() == 1  # one relay active, the other waiting
+        await enqueue(pool, spec, events[:3])
+        await eventually(lambda: drained(pool), "the first rows relayed")
+        # one relay active, the other waiting
+        await eventually(lambda: lock_holder(pool, schema, relays=2), "one relay holding")
         first = tasks.pop(0)
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
-        await enqueue(events[3:])
-        await eventually(drained, "the rest relayed by the relay that took over")
-        assert await relay_locks() == 1
+        await enqueue(pool, spec, events[3:])
+        await eventually(lambda: drained(pool), "the rest relayed by the relay that took over")
+        await eventually(lambda: lock_holder(pool, schema, relays=1), "the other one holding")
     finally:
         for task in tasks:
             task.cancel()
@@ -132,5 +142,100 @@ async def test_a_second_relay_waits_and_takes_over_when_the_first_one_ends(
         await producer.stop()
         await pool.close()
 
-    records = await read_topic(infra.kafka_bootstrap_servers, spec.name)
-    assert [decode(spec, r.key, r.value, r.headers).event for r in records] == events
+    assert await published(infra, spec) == events
+
+
+async def test_a_standby_relay_takes_over_from_one_whose_backend_was_terminated(
+    infra: Infrastructure,
+) -> None:
+    """As when Postgres ends the active relay's session (pg_terminate_backend, a failover,
+    a dead host's socket timing out): the standby takes the lock and publishes what comes
+    next, in order, and the relay that lost its session reconnects as the new standby."""
+    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
+    need_id = uuid4()
+    events = [an_acceptance(need_id) for _ in range(6)]
+    tasks = []
+
+    def start(poll_interval_s: float) -> None:
+        relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, poll_interval_s)
+        tasks.append(asyncio.create_task(relay.run()))
+
+    try:
+        # The active relay polls slowly (NOTIFY still wakes it), so after its session ends
+        # it reconnects well after the standby, polling fast, has taken the lock: which of
+        # the two gets it is otherwise a race this test is not about.
+        start(poll_interval_s=2.0)
+        active = await eventually(lambda: lock_holder(pool, schema, relays=1), "a relay active")
+        start(poll_interval_s=0.1)
+        await eventually(lambda: lock_holder(pool, schema, relays=2), "a standby waiting")
+        (standby,) = set(await relay_backends(pool, schema)) - {active}
+        await enqueue(pool, spec, events[:3])
+        await eventually(lambda: drained(pool), "the first rows relayed")
+
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1, 60000)", active)
+        await enqueue(pool, spec, events[3:])
+
+        await eventually(lambda: drained(pool), "the rest relayed after the termination")
+        assert (await relay_backends(pool, schema)).get(standby), "the standby took the lock"
+
+        async def killed_one_is_the_new_standby() -> bool:
+            backends = await relay_backends(pool, schema)
+            return active not in backends and await lock_holder(pool, schema, relays=2) == standby
+
+        await eventually(killed_one_is_the_new_standby, "the terminated relay back, waiting")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
+
+    assert await published(infra, spec) == events
+
+
+async def test_a_relay_that_cannot_reach_the_broker_gives_the_lock_to_one_that_can(
+    infra: Infrastructure, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One replica's broker trouble does not stop the others publishing: after
+    BROKER_FAILURES_BEFORE_RELEASE failures in a row the relay gives up the lock, and a
+    replica whose producer works takes it; the first keeps running, as the standby."""
+    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
+    # A producer that learned the topic from the broker, then stopped: each send raises
+    # ProducerClosed, a KafkaError, at once, where a replica cut off from the broker would
+    # get a KafkaTimeoutError after its request timeout.
+    cut_off = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers)
+    await cut_off.start()
+    await cut_off.partitions_for(spec.name)
+    await cut_off.stop()
+    need_id = uuid4()
+    events = [an_acceptance(need_id) for _ in range(5)]
+    caplog.set_level(logging.WARNING, logger=outbox.__name__)
+    tasks = []
+    try:
+        broken = outbox.OutboxRelay(pool, cut_off, infra.database_url, schema, 0.1)
+        tasks.append(asyncio.create_task(broken.run()))
+        await eventually(lambda: lock_holder(pool, schema, relays=1), "the cut-off relay active")
+        healthy = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
+        tasks.append(asyncio.create_task(healthy.run()))
+        await eventually(lambda: lock_holder(pool, schema, relays=2), "a standby waiting")
+
+        await enqueue(pool, spec, events)
+
+        await eventually(lambda: drained(pool), "the rows relayed by the healthy relay")
+        await eventually(lambda: lock_holder(pool, schema, relays=2), "the cut-off one waiting")
+        assert not tasks[0].done(), "the relay that gave up the lock keeps running"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
+
+    assert await published(infra, spec) == events
+    released = [r.getMessage() for r in caplog.records if "released its lock" in r.getMessage()]
+    assert released, "the relay says it gave up the lock"
+    assert (
+        f"publishing failed {outbox.BROKER_FAILURES_BEFORE_RELEASE} times in a row" in released[0]
+    )
+    assert "ProducerClosed" in released[0]
