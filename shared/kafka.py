@@ -340,16 +340,17 @@ async def process_batch(
         deliveries.append(Delivery(envelope, raw, dead_letters.consumer_name))
     if not deliveries:
         return
-    metrics.BATCH_RECORDS.labels(spec.name, dead_letters.consumer_name).observe(len(deliveries))
     try:
         with metrics.deferred():
             await handle_batch(deliveries)
-        return
     except Exception as exc:
         log.warning(
             "consumer %s: a batch of %d failed (%s: %s); handling them one at a time",
             dead_letters.consumer_name, len(deliveries), type(exc).__name__, exc,
         )  # fmt: skip
+    else:  # only a batch handled as one counts, not one redone a record at a time
+        metrics.BATCH_RECORDS.labels(spec.name, dead_letters.consumer_name).observe(len(deliveries))
+        return
     for delivery in deliveries:
         assert delivery.raw is not None
         await process_record(spec, delivery.raw, handle, dead_letters, max_attempts=max_attempts)
@@ -366,8 +367,9 @@ async def consume(
 ) -> None:
     """Process records forever, committing the offsets of each fetch once it is handled.
     With ``handle_batch``, a fetch's records of one topic, every partition's in its order,
-    go through ``process_batch`` together: one transaction and one offset commit for what
-    a fetch brings, rather than one per partition."""
+    go through ``process_batch`` together: one call of the batch handler (one transaction,
+    where it uses one) and one offset commit for what a fetch brings, rather than one per
+    partition."""
     by_name = {spec.name: spec for spec in specs}
     while True:
         try:

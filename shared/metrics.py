@@ -83,9 +83,10 @@ CONSUMER_LAG = Gauge(
 )
 BATCH_RECORDS = Histogram(
     "refnet_consumer_batch_records",
-    "Records handled together in one transaction, by topic and consumer: how far a consumer "
-    "amortises its commits and round trips (1s at low load, up to the batch limit when it "
-    "catches up).",
+    "Records a consumer's batch handler handled together in one call that succeeded, by "
+    "topic and consumer: how far a consumer amortises its commits and round trips (1s at "
+    "low load, up to the batch limit when it catches up). A batch that failed and was "
+    "handled again one record at a time is not counted.",
     ["topic", "consumer"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200),
 )

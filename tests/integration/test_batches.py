@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
 
 from shared import dlq
 from shared.cloudevents import Envelope, encode
@@ -71,6 +72,15 @@ def _need_id(envelope: Envelope) -> UUID:
     return envelope.event.need_id
 
 
+def batch_sizes_observed() -> tuple[float, float]:
+    """How many batches refnet_consumer_batch_records has counted for these tests' consumer,
+    and how many records in them."""
+    labels = {"topic": NEEDS.name, "consumer": "tests"}
+    count = REGISTRY.get_sample_value("refnet_consumer_batch_records_count", labels)
+    total = REGISTRY.get_sample_value("refnet_consumer_batch_records_sum", labels)
+    return count or 0.0, total or 0.0
+
+
 async def dead_letters_of(infra: Infrastructure, topic: str) -> list[tuple[bytes, str]]:
     letters = await read_topic(infra.kafka_bootstrap_servers, dlq.dlq_name(topic))
     return [(r.value, dict(r.headers)["dlq_reason"].decode()) for r in letters]
@@ -82,6 +92,7 @@ async def test_poison_is_dead_lettered_and_the_rest_handled_as_one_batch(
     needs = [need_submitted() for _ in range(3)]
     raws = records(topic, [needs[0], b"{not json", needs[1], needs[2]])
     recorder = Recorder()
+    before = batch_sizes_observed()
 
     await process_batch(
         NEEDS, raws, recorder.batch, recorder.single, DeadLetters(producer, "tests"),
@@ -90,6 +101,7 @@ async def test_poison_is_dead_lettered_and_the_rest_handled_as_one_batch(
 
     assert recorder.batches == [[n.need_id for n in needs]]
     assert recorder.singles == []
+    assert batch_sizes_observed() == (before[0] + 1, before[1] + 3)  # poison not counted
     [(value, reason)] = await dead_letters_of(infra, topic)
     assert value == b"{not json" and "ce_id" in reason
     # Each record is handled in its own context: its offset and need id in every log line.
@@ -102,6 +114,7 @@ async def test_a_failed_batch_is_handled_one_by_one_and_only_the_bad_record_dead
 ) -> None:
     needs = [need_submitted() for _ in range(3)]
     recorder = Recorder(failing=needs[1].need_id)
+    before = batch_sizes_observed()
 
     await process_batch(
         NEEDS, records(topic, needs), recorder.batch, recorder.single,
@@ -110,6 +123,7 @@ async def test_a_failed_batch_is_handled_one_by_one_and_only_the_bad_record_dead
 
     assert recorder.batches == []
     assert recorder.singles == [needs[0].need_id, needs[2].need_id]
+    assert batch_sizes_observed() == before, "a batch redone one by one is no batch"
     [(_, reason)] = await dead_letters_of(infra, topic)
     assert (
         reason == f"handler failed after 2 attempts: RuntimeError: cannot handle {needs[1].need_id}"
@@ -124,11 +138,13 @@ async def test_the_consume_loop_hands_over_each_partition_in_order_once_and_comm
         headers, value = encode(need, event_id=uuid4(), source="/tests", time=NOW)
         await producer.send_and_wait(topic, value, key=str(need.need_id).encode(), headers=headers)
     handled: list[tuple[int, int, UUID]] = []
+    partitions_per_batch: list[set[int]] = []
 
     async def batch(deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
             assert d.raw is not None
             handled.append((d.raw.partition, d.raw.offset, _need_id(d.envelope)))
+        partitions_per_batch.append({d.raw.partition for d in deliveries if d.raw})
 
     async def single(envelope: Envelope) -> None:
         raise AssertionError("no batch fails here")
@@ -169,3 +185,6 @@ async def test_the_consume_loop_hands_over_each_partition_in_order_once_and_comm
         offsets = [o for p, o, _ in handled if p == partition]
         assert offsets == sorted(offsets)
     assert len({p for p, _, _ in handled}) == 2  # the topic's both partitions were read
+    # Every record was on the broker before the consumer started, so a fetch brings both
+    # partitions' records; they reach the handler in one call, not one call per partition.
+    assert any(len(partitions) == 2 for partitions in partitions_per_batch), partitions_per_batch
