@@ -253,11 +253,12 @@ def _agency_add(args: argparse.Namespace) -> None:
         sys.exit(2)
     agency_id = result.agency_id
     verb = "updated in" if result.added.replaced else "added to"
-    change = (
-        f"its profile is published to {AGENCIES.name}"
-        if result.published
-        else "its profile is unchanged, nothing published"
-    )
+    if not result.published:
+        change = "its profile is unchanged, nothing published"
+    elif result.still_queued:
+        change = f"its profile is queued for {AGENCIES.name}: matching's relay will publish it"
+    else:
+        change = f"its profile is published to {AGENCIES.name}"
     revision = result.added.result.revision
     print(f"agency {agency_id} {verb} the directory (revision {revision}; {change})")
     print(f"offers topic {result.topic} {'created' if result.topic_created else 'exists'}")
@@ -641,9 +642,10 @@ def _directory(args: argparse.Namespace) -> None:
             for problem in exc.problems:
                 print(f"  {problem}", file=sys.stderr)
             sys.exit(2)
+        done = "queued (matching's relay will publish them)" if result.still_queued else "published"
         print(
             f"directory revision {result.revision}: {len(result.published)} agency profile(s) "
-            f"published, {result.unchanged} unchanged, {len(result.removed)} removed"
+            f"{done}, {result.unchanged} unchanged, {len(result.removed)} removed"
         )
     else:
         fmt: Literal["csv", "json"] = args.format or (

@@ -8,6 +8,7 @@ commands they render (tests/unit/test_kafka_acls.py), not against a broker."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
 
 from services import cli
 from services.matching.directory import admin, owner
@@ -32,7 +34,7 @@ from services.matching.profiles import service_facts
 from services.notifications import agency_keys
 from services.notifications.agency_keys import KeyProblem, fingerprint
 from services.notifications.handlers import agency_for_key
-from shared import db
+from shared import db, outbox
 from shared.clock import ManualClock
 from shared.cloudevents import decode
 from shared.events import CapacityStatus, CapacityUpdated, NeedCategory
@@ -309,6 +311,87 @@ def test_fields_that_cannot_make_a_matchable_agency_are_named() -> None:
     problems = "\n".join(refused.value.problems)
     for option in ("--id", "--name", "--category", "--postal-code, --county or --radius-km"):
         assert option in problems
+
+
+# --- publishing while matching runs ----------------------------------------------------------
+
+
+async def outbox_lock_held(pool: asyncpg.Pool, schema: str) -> bool:
+    """A relay of ``schema`` holds the outbox lock (shared/outbox.py)."""
+    async with pool.acquire() as conn:
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1)",
+                f"refnet-{schema}-outbox",
+            )
+        )
+
+
+async def unpublished(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        return await outbox.backlog(conn)
+
+
+async def test_adding_an_agency_while_matchings_relay_runs_returns_once_that_relay_published(
+    schemas: dict[str, str],
+    settings: admin.Connection,
+    matching_pool: asyncpg.Pool,
+    infra: Infrastructure,
+    producer: AIOKafkaProducer,
+) -> None:
+    """The running service's relay holds the outbox lock, so the command cannot publish
+    itself: it returns once that relay has, so that what it prints is true."""
+    schema = schemas["matching"]
+    relay = outbox.OutboxRelay(matching_pool, producer, infra.database_url, schema, 0.1)
+    running = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: outbox_lock_held(matching_pool, schema), "matching's relay")
+        agency_id = new_agency_id()
+
+        result = await admin.add_agency(settings, admin.package_from_fields(fields(agency_id)))
+
+        assert result.published
+        assert await unpublished(matching_pool) == 0
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    (profile,) = await eventually(
+        lambda: published_profiles(infra.kafka_bootstrap_servers, agency_id), "the profile"
+    )
+    assert profile.agency_id == agency_id
+
+
+async def test_an_import_says_what_is_still_queued_when_the_wait_runs_out(
+    schemas: dict[str, str],
+    settings: admin.Connection,
+    matching_pool: asyncpg.Pool,
+    infra: Infrastructure,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A relay that holds the lock but does not publish (its broker is unreachable, say):
+    the command says what is still queued and who will publish it, rather than claiming
+    it published."""
+    schema = schemas["matching"]
+    # Only bounds how long the command waits here; nothing is asserted about time.
+    monkeypatch.setattr(admin, "PUBLISH_WAIT_S", 0.5)
+    caplog.set_level(logging.WARNING, logger=admin.__name__)
+    stuck_relay = await db.connect(infra.database_url, schema, f"refnet-{schema}-outbox")
+    try:
+        await stuck_relay.execute(
+            "SELECT pg_advisory_lock(hashtext(current_schema() || '.outbox'))"
+        )
+
+        result = await admin.import_directory(settings, admin.DEMO_PACKAGE)
+
+        assert len(result.published) == 39
+        assert await unpublished(matching_pool) == result.still_queued == 39
+    finally:
+        await stuck_relay.close()
+    (said,) = [r.getMessage() for r in caplog.records if r.name == admin.__name__]
+    assert "39 event(s)" in said and "still queued" in said
+    assert "the running matching service's relay will publish them" in said
 
 
 # --- API keys ----------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ few fields."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Sequence
@@ -45,13 +47,17 @@ from shared.hsds import (
     is_postal_code,
 )
 from shared.kafka import ensure_topics, kafka_security, make_producer
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, backlog, last_row_id
 from shared.settings import BaseServiceSettings
 from shared.topics import agency_offers
 
 log = logging.getLogger(__name__)
 SCHEMA = "matching"
 DEMO_PACKAGE = Path(__file__).parent / "demo"
+# How long the directory commands wait for matching's running relay to publish what they
+# queued before saying it is still queued.
+PUBLISH_WAIT_S = 30.0
+_WAIT_POLL_S = 0.2
 
 
 class Connection(BaseServiceSettings):
@@ -66,10 +72,10 @@ async def import_directory(settings: BaseServiceSettings, path: Path) -> owner.I
     try:
         async with pool.acquire() as conn, conn.transaction():
             result = await owner.import_package(conn, package, SystemClock())
-        await publish_now(settings, pool)
+        _, queued = await publish_now(settings, pool)
     finally:
         await pool.close()
-    return result
+    return dataclasses.replace(result, still_queued=queued)
 
 
 async def export_directory(
@@ -101,10 +107,12 @@ async def seed_if_empty(settings: BaseServiceSettings, path: Path = DEMO_PACKAGE
 
 async def publish_now(
     settings: BaseServiceSettings, pool: asyncpg.Pool, agencies: Sequence[str] | None = None
-) -> list[str]:
-    """Create the offer topic of every agency (or of ``agencies``), then drain the outbox:
-    matching's relay would publish it too, but an operator wants to see the import land.
-    Return the topics created."""
+) -> tuple[list[str], int]:
+    """Create the offer topic of every agency (or of ``agencies``), then see the outbox
+    published: an operator wants to see the import land. This process publishes it, unless
+    the running matching service's relay holds the outbox lock; then that relay does, and
+    this waits for it (up to PUBLISH_WAIT_S, then says what is still queued). Return the
+    topics created and how many events are still queued."""
     if agencies is None:
         async with pool.acquire() as conn:
             agencies = await owner.agency_ids(conn)
@@ -121,11 +129,37 @@ async def publish_now(
         relay = OutboxRelay(
             pool, producer, settings.database_url, SCHEMA, settings.outbox_poll_interval_s
         )
-        while await relay.publish_pending():
-            pass
+        queued = await _publish_or_wait(relay, pool)
     finally:
         await producer.stop()
-    return created
+    if queued:
+        log.warning(
+            "%d event(s) are still queued in matching's outbox after %g s, this command's "
+            "among them: the running matching service's relay will publish them (its log "
+            "says why it has not yet)",
+            queued,
+            PUBLISH_WAIT_S,
+        )
+    return created, queued
+
+
+async def _publish_or_wait(relay: OutboxRelay, pool: asyncpg.Pool) -> int:
+    """Publish the outbox up to its newest row now, ourselves when no relay is active for the
+    schema, else by waiting for that relay; return how many of those rows are still queued
+    when PUBLISH_WAIT_S runs out (0 when all were published)."""
+    async with pool.acquire() as conn:
+        newest = await last_row_id(conn)
+    deadline = asyncio.get_running_loop().time() + PUBLISH_WAIT_S
+    while True:
+        # publish_pending is 0 while another relay holds the lock; trying again each time
+        # covers that relay stopping midway.
+        while await relay.publish_pending():
+            pass
+        async with pool.acquire() as conn:
+            queued = await backlog(conn, through=newest)
+        if not queued or asyncio.get_running_loop().time() >= deadline:
+            return queued
+        await asyncio.sleep(_WAIT_POLL_S)
 
 
 # --- one agency ------------------------------------------------------------------------------
@@ -159,6 +193,7 @@ class AddResult:
     added: owner.AgencyAdded
     topic: str
     topic_created: bool
+    still_queued: int = 0  # events the running matching service's relay has yet to publish
 
     @property
     def agency_id(self) -> str:
@@ -177,11 +212,11 @@ async def add_agency(settings: BaseServiceSettings, agency: DirectoryPackage) ->
     try:
         async with pool.acquire() as conn, conn.transaction():
             added = await owner.add_agency(conn, agency, SystemClock())
-        created = await publish_now(settings, pool, [added.agency_id])
+        created, queued = await publish_now(settings, pool, [added.agency_id])
     finally:
         await pool.close()
     topic = agency_offers(added.agency_id).name
-    return AddResult(added, topic, topic in created)
+    return AddResult(added, topic, topic in created, queued)
 
 
 async def agency_exists(database_url: str, agency_id: str) -> bool:

@@ -51,6 +51,9 @@ class ImportResult:
     published: list[str]  # agencies whose profile is new or changed
     removed: list[str]  # agencies tombstoned
     unchanged: int
+    # Events still in the outbox when the command stopped waiting for the running matching
+    # service's relay to publish them (see admin.publish_now).
+    still_queued: int = 0
 
 
 async def import_package(
