@@ -43,8 +43,11 @@ Everything listens on 127.0.0.1 and everything stops at the end.
    closed-loop requests/s, then open-loop latency at each offered rate.
 5. Intake alone: step 2's closed loop again, with matching and notifications still stopped,
    so intake and its baseline run beside the same processes (Postgres, the broker, the
-   generator; intake's outbox relay publishes every NeedSubmitted meanwhile). Its ratio to
-   step 4's closed loop is the intake figure (goal >= 0.5); step 2's ratio is reported too.
+   generator; intake's outbox relay publishes every NeedSubmitted meanwhile). With matching
+   stopped no status events come back, so intake's consumer is idle here, unlike in step 2.
+   Before step 4, intake's outbox is drained (up to BENCH_DRAIN_SECONDS; the backlog left
+   is reported). Its ratio to step 4's closed loop is the intake figure (goal >= 0.5); step
+   2's ratio is reported too.
 
 Needs are matchable by construction: each (category, ZIP) pair used is one where the real
 eligibility rules (services.matching.ranking.exclusion) find at least one demo service for
@@ -709,6 +712,9 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
     progress("stopping matching and notifications for the web+db and intake-alone loops...")
     for name in DOWNSTREAM:
         stack.stop_service(name)
+    result["intake_outbox_backlog_before_baselines"] = await drain_intake_outbox(
+        stack.infra.database_url, DRAIN_SECONDS
+    )
     await asyncio.sleep(SETTLE_SECONDS)
     result["webdb"] = await webdb_baseline(stack.infra.database_url, stack.run_dir, cpu)
     progress(f"intake alone: closed loop, {CONNECTIONS} connections...")
@@ -717,6 +723,23 @@ async def measure(stack: LocalStack, token: str, result: dict[str, Any]) -> None
         stack.ports.intake, _auth(token), INTAKE_PATH, bodies, cpu
     )
     add_ratios(result)
+
+
+async def drain_intake_outbox(database_url: str, limit_s: float) -> int:
+    """Wait (up to ``limit_s``) until intake's relay has published everything the pipeline
+    phases queued, so the baselines do not share the cores with it; the backlog left."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "intake"})
+    try:
+        deadline = time.perf_counter() + limit_s
+        while True:
+            left = int(
+                await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            )
+            if not left or time.perf_counter() >= deadline:
+                return left
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
 
 
 DOWNSTREAM = ("matching", "notifications")

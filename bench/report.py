@@ -17,8 +17,9 @@ COLOURS = ("#1b6ca8", "#d1495b", "#2e8b57", "#8e6c8a", "#e08e0b", "#444444")
 CAVEATS = (
     "The load generator, the offer consumer, Postgres, the broker and the three services all "
     "share this machine's cores; the CPU table shows who used what in each phase.",
-    "The web+db baseline and intake alone run last, with matching and notifications stopped, "
-    "so neither shares the cores with the services downstream of intake; the broker "
+    "The web+db baseline and intake alone run last, with matching and notifications stopped "
+    "and intake's outbox drained first, so neither shares the cores with the services "
+    "downstream of intake; the broker "
     "baseline runs on the whole stack, idle. Intake with the pipeline runs while matching "
     "and notifications process the needs it makes.",
     "Embedded infrastructure: Tansu keeps topics in memory; Postgres runs with its defaults "
@@ -252,8 +253,10 @@ def _intake_section(alone: dict[str, Any] | None, intake: dict[str, Any] | None)
         "need, a unique submission and person, and a valid consent. Closed loop, "
         f"{intake['connections']} connections, {_n(intake['seconds'], 0)} s after the warm-up, "
         "twice: alone (matching and notifications stopped, as for the web+db baseline; "
-        "intake's outbox relay publishes every NeedSubmitted meanwhile), and with the pipeline "
-        "running (matching and notifications handling the needs it makes, on the same cores):",
+        "intake's outbox relay publishes every NeedSubmitted meanwhile, and no status events "
+        "come back for intake to record), and with the pipeline running (matching and "
+        "notifications handling the needs it makes, on the same cores, and intake recording "
+        "the status events they send back):",
         "",
         *_table(
             CLOSED_HEAD,
