@@ -481,9 +481,8 @@ def _places_part(args: _Args, changes: Mapping[str, PlaceChange]) -> str:
     change = f"unnest({services}, {reserved}, {consumed}) AS d(service_id, reserved, consumed)"
     return (
         "INSERT INTO capacity_counters AS c (service_id, reserved, consumed) "
-        "SELECT service_id, greatest(reserved, 0), greatest(consumed, 0) "
-        f"FROM unnest({services}, {reserved}, {consumed}) WITH ORDINALITY "
-        "AS d(service_id, reserved, consumed, n) ORDER BY n "
+        f"SELECT service_id, greatest(reserved, 0), greatest(consumed, 0) FROM {change} "
+        "ORDER BY service_id "
         "ON CONFLICT (service_id) DO UPDATE SET "
         f"reserved = c.reserved + (SELECT d.reserved FROM {change} "
         "WHERE d.service_id = EXCLUDED.service_id), "

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -32,10 +35,34 @@ def an_acceptance(need_id: object) -> OfferAccepted:
     )
 
 
-async def a_topic_schema_and_producer(
-    infra: Infrastructure,
-) -> tuple[TopicSpec, str, asyncpg.Pool, AIOKafkaProducer]:
-    """A topic of the test's own, a fresh schema with its outbox, and a started producer."""
+@dataclass
+class Relays:
+    """A topic of the test's own, a fresh schema with its outbox, a started producer, and
+    the relays a test starts on them (stopped, with the rest, when the test ends)."""
+
+    infra: Infrastructure
+    spec: TopicSpec
+    schema: str
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(
+        self, *, producer: AIOKafkaProducer | None = None, poll_interval_s: float = 0.1
+    ) -> asyncio.Task[None]:
+        relay = outbox.OutboxRelay(
+            self.pool,
+            producer or self.producer,
+            self.infra.database_url,
+            self.schema,
+            poll_interval_s,
+        )
+        self.tasks.append(asyncio.create_task(relay.run()))
+        return self.tasks[-1]
+
+
+@contextlib.asynccontextmanager
+async def relays(infra: Infrastructure) -> AsyncIterator[Relays]:
     spec = TopicSpec(f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted,))
     await ensure_topics(infra.kafka_bootstrap_servers, [spec.name], partitions=1)
     schema, pool = await fresh_schema(infra, "matching")
@@ -44,7 +71,15 @@ async def a_topic_schema_and_producer(
     )
     producer = make_producer(settings, "test-outbox")
     await producer.start()
-    return spec, schema, pool, producer
+    running = Relays(infra, spec, schema, pool, producer)
+    try:
+        yield running
+    finally:
+        for task in running.tasks:
+            task.cancel()
+        await asyncio.gather(*running.tasks, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
 
 
 async def enqueue(pool: asyncpg.Pool, spec: TopicSpec, events: list[OfferAccepted]) -> None:
@@ -86,63 +121,41 @@ async def published(infra: Infrastructure, spec: TopicSpec) -> list[object]:
 async def test_committed_events_are_published_in_order_and_rolled_back_ones_never(
     infra: Infrastructure,
 ) -> None:
-    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
     need_id = uuid4()
     committed = [an_acceptance(need_id) for _ in range(5)]
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            for event in committed:
-                await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
+    async with relays(infra) as r:
+        await enqueue(r.pool, r.spec, committed)
         with pytest.raises(RuntimeError):
-            async with pool.acquire() as conn, conn.transaction():
+            async with r.pool.acquire() as conn, conn.transaction():
                 await outbox.enqueue(
-                    conn, spec, an_acceptance(need_id), source="/tests", clock=CLOCK
+                    conn, r.spec, an_acceptance(need_id), source="/tests", clock=CLOCK
                 )
                 raise RuntimeError("the state change failed")
 
-        relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
-        task = asyncio.create_task(relay.run())
-        try:
-            await eventually(lambda: drained(pool), "the outbox relayed")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    finally:
-        await producer.stop()
-        await pool.close()
+        r.start()
+        await eventually(lambda: drained(r.pool), "the outbox relayed")
 
-    assert await published(infra, spec) == committed
+    assert await published(infra, r.spec) == committed
 
 
 async def test_a_second_relay_waits_and_takes_over_when_the_first_one_ends(
     infra: Infrastructure,
 ) -> None:
-    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
     need_id = uuid4()
     events = [an_acceptance(need_id) for _ in range(6)]
-    tasks = []
-    try:
-        for _ in range(2):
-            relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
-            tasks.append(asyncio.create_task(relay.run()))
-        await enqueue(pool, spec, events[:3])
-        await eventually(lambda: drained(pool), "the first rows relayed")
+    async with relays(infra) as r:
+        first, _ = r.start(), r.start()
+        await enqueue(r.pool, r.spec, events[:3])
+        await eventually(lambda: drained(r.pool), "the first rows relayed")
         # one relay active, the other waiting
-        await eventually(lambda: lock_holder(pool, schema, relays=2), "one relay holding")
-        first = tasks.pop(0)
+        await eventually(lambda: lock_holder(r.pool, r.schema, relays=2), "one relay holding")
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
-        await enqueue(pool, spec, events[3:])
-        await eventually(lambda: drained(pool), "the rest relayed by the relay that took over")
-        await eventually(lambda: lock_holder(pool, schema, relays=1), "the other one holding")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
-        await pool.close()
+        await enqueue(r.pool, r.spec, events[3:])
+        await eventually(lambda: drained(r.pool), "the rest relayed by the relay that took over")
+        await eventually(lambda: lock_holder(r.pool, r.schema, relays=1), "the other one holding")
 
-    assert await published(infra, spec) == events
+    assert await published(infra, r.spec) == events
 
 
 async def test_a_standby_relay_takes_over_from_one_whose_backend_was_terminated(
@@ -151,30 +164,24 @@ async def test_a_standby_relay_takes_over_from_one_whose_backend_was_terminated(
     """As when Postgres ends the active relay's session (pg_terminate_backend, a failover,
     a dead host's socket timing out): the standby takes the lock and publishes what comes
     next, in order, and the relay that lost its session reconnects as the new standby."""
-    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
     need_id = uuid4()
     events = [an_acceptance(need_id) for _ in range(6)]
-    tasks = []
-
-    def start(poll_interval_s: float) -> None:
-        relay = outbox.OutboxRelay(pool, producer, infra.database_url, schema, poll_interval_s)
-        tasks.append(asyncio.create_task(relay.run()))
-
-    try:
+    async with relays(infra) as r:
+        pool, schema = r.pool, r.schema
         # The active relay polls slowly (NOTIFY still wakes it), so after its session ends
         # it reconnects well after the standby, polling fast, has taken the lock: which of
         # the two gets it is otherwise a race this test is not about.
-        start(poll_interval_s=2.0)
+        r.start(poll_interval_s=2.0)
         active = await eventually(lambda: lock_holder(pool, schema, relays=1), "a relay active")
-        start(poll_interval_s=0.1)
+        r.start(poll_interval_s=0.1)
         await eventually(lambda: lock_holder(pool, schema, relays=2), "a standby waiting")
         (standby,) = set(await relay_backends(pool, schema)) - {active}
-        await enqueue(pool, spec, events[:3])
+        await enqueue(pool, r.spec, events[:3])
         await eventually(lambda: drained(pool), "the first rows relayed")
 
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT pg_terminate_backend($1, 60000)", active)
-        await enqueue(pool, spec, events[3:])
+        await enqueue(pool, r.spec, events[3:])
 
         await eventually(lambda: drained(pool), "the rest relayed after the termination")
         assert (await relay_backends(pool, schema)).get(standby), "the standby took the lock"
@@ -184,14 +191,8 @@ async def test_a_standby_relay_takes_over_from_one_whose_backend_was_terminated(
             return active not in backends and await lock_holder(pool, schema, relays=2) == standby
 
         await eventually(killed_one_is_the_new_standby, "the terminated relay back, waiting")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
-        await pool.close()
 
-    assert await published(infra, spec) == events
+    assert await published(infra, r.spec) == events
 
 
 async def test_a_relay_that_cannot_reach_the_broker_gives_the_lock_to_one_that_can(
@@ -200,39 +201,30 @@ async def test_a_relay_that_cannot_reach_the_broker_gives_the_lock_to_one_that_c
     """One replica's broker trouble does not stop the others publishing: after
     BROKER_FAILURES_BEFORE_RELEASE failures in a row the relay gives up the lock, and a
     replica whose producer works takes it; the first keeps running, as the standby."""
-    spec, schema, pool, producer = await a_topic_schema_and_producer(infra)
-    # A producer that learned the topic from the broker, then stopped: each send raises
-    # ProducerClosed, a KafkaError, at once, where a replica cut off from the broker would
-    # get a KafkaTimeoutError after its request timeout.
-    cut_off = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers)
-    await cut_off.start()
-    await cut_off.partitions_for(spec.name)
-    await cut_off.stop()
     need_id = uuid4()
     events = [an_acceptance(need_id) for _ in range(5)]
     caplog.set_level(logging.WARNING, logger=outbox.__name__)
-    tasks = []
-    try:
-        broken = outbox.OutboxRelay(pool, cut_off, infra.database_url, schema, 0.1)
-        tasks.append(asyncio.create_task(broken.run()))
+    async with relays(infra) as r:
+        pool, schema = r.pool, r.schema
+        # A producer that learned the topic from the broker, then stopped: each send raises
+        # ProducerClosed, a KafkaError, at once, where a replica cut off from the broker
+        # would get a KafkaTimeoutError after its request timeout.
+        cut_off = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers)
+        await cut_off.start()
+        await cut_off.partitions_for(r.spec.name)
+        await cut_off.stop()
+        broken = r.start(producer=cut_off)
         await eventually(lambda: lock_holder(pool, schema, relays=1), "the cut-off relay active")
-        healthy = outbox.OutboxRelay(pool, producer, infra.database_url, schema, 0.1)
-        tasks.append(asyncio.create_task(healthy.run()))
+        r.start()
         await eventually(lambda: lock_holder(pool, schema, relays=2), "a standby waiting")
 
-        await enqueue(pool, spec, events)
+        await enqueue(pool, r.spec, events)
 
         await eventually(lambda: drained(pool), "the rows relayed by the healthy relay")
         await eventually(lambda: lock_holder(pool, schema, relays=2), "the cut-off one waiting")
-        assert not tasks[0].done(), "the relay that gave up the lock keeps running"
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
-        await pool.close()
+        assert not broken.done(), "the relay that gave up the lock keeps running"
 
-    assert await published(infra, spec) == events
+    assert await published(infra, r.spec) == events
     released = [r.getMessage() for r in caplog.records if "released its lock" in r.getMessage()]
     assert released, "the relay says it gave up the lock"
     assert (
