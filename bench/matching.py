@@ -519,7 +519,7 @@ async def part1(infra: Infrastructure) -> list[SizeResult]:
                 d.result.plans = await conn.fetchval(
                     "SELECT format('%s generic, %s custom', generic_plans, custom_plans) "
                     "FROM pg_prepared_statements WHERE statement LIKE '%FROM match_services s%' "
-                    "AND statement NOT LIKE '%jsonb_array_elements%'"
+                    "AND statement NOT LIKE '%unnest(%'"
                 )
                 d.result.explain = await explain_candidates(conn, d.deps, d.needs[0])
         return [d.result for d in directories]
