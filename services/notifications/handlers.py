@@ -4,6 +4,7 @@ and take the person's answers to aftercare check-ins."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -16,7 +17,6 @@ from uuid import UUID
 import asyncpg
 
 from services.notifications import repository as repo
-from services.notifications import webhooks
 from services.notifications.jobs import About, JobKind, job_id
 from services.notifications.links import CHECK_IN, OUTCOME, Link
 from services.notifications.scheduler import SOURCE, Deps
@@ -121,7 +121,7 @@ async def _offered(
     offer_id, agency_id, respond_by = change.offer_id, change.agency_id, change.respond_by
     assert offer_id and agency_id and respond_by
     now = deps.clock.now()
-    await repo.track_offer(
+    first = await repo.track_offer(
         conn,
         offer_id,
         change.need_id,
@@ -129,18 +129,19 @@ async def _offered(
         change.agency_name,
         respond_by,
         now,
-        details=change.offer.model_dump(mode="json") if change.offer else None,
         offered_at=change.occurred_at,
+        details=change.offer.model_dump(mode="json") if change.offer else None,
     )
-    await _job(conn, JobKind.OFFER_DEADLINE, change.need_id, respond_by, offer_id=offer_id)
-    if need is not None and await repo.first_offer(conn, change.need_id, change.occurred_at):
+    jobs = [_job(JobKind.OFFER_DEADLINE, change.need_id, respond_by, offer_id=offer_id)]
+    if need is not None and first:
         hours = deps.settings.stuck_after_h[need["urgency"]]
-        await _tell_worker(
-            conn,
-            change,
-            About.STUCK,
-            change.occurred_at + timedelta(hours=hours),
-            waited=_humanise(timedelta(hours=hours)),
+        jobs.append(
+            _tell_worker(
+                change,
+                About.STUCK,
+                change.occurred_at + timedelta(hours=hours),
+                waited=_humanise(timedelta(hours=hours)),
+            )
         )
     data = {
         "offer_id": str(offer_id),
@@ -148,18 +149,20 @@ async def _offered(
         "respond_by": respond_by.isoformat(),
         "attempt": change.attempt,
     }
-    await _tell_agency(conn, agency_id, "offer.created", data, now, offer_id=offer_id)
     share = deps.settings.agency_reminder_at_share_left
     remind_at = respond_by - (respond_by - change.occurred_at) * share
-    await _tell_agency(
-        conn,
-        agency_id,
-        "offer.deadline-approaching",
-        data,
-        remind_at,
-        offer_id=offer_id,
-        only_if_open=True,
-    )
+    jobs += [
+        _tell_agency(agency_id, "offer.created", data, now, offer_id=offer_id),
+        _tell_agency(
+            agency_id,
+            "offer.deadline-approaching",
+            data,
+            remind_at,
+            offer_id=offer_id,
+            only_if_open=True,
+        ),
+    ]
+    await repo.schedule_jobs(conn, jobs)
 
 
 async def _declined_or_expired(
@@ -169,7 +172,9 @@ async def _declined_or_expired(
     if change.offer_id is not None:
         await repo.set_stage(conn, change.offer_id, change.status, change.reason, deps.clock.now())
     about = About.DECLINED if change.status == ReferralStatus.DECLINED else About.EXPIRED
-    await _tell_worker(conn, change, about, deps.clock.now(), key=change.offer_id)
+    await repo.schedule_jobs(
+        conn, [_tell_worker(change, about, deps.clock.now(), key=change.offer_id)]
+    )
 
 
 async def _accepted(
@@ -192,33 +197,35 @@ async def _accepted(
     plan = deps.settings.aftercare_plan(need["category"]) if need else deps.settings.aftercare_days
     channel = need["contact_channel"] if need else "not yet known"
     person_told = channel in ("email", "sms", "not yet known")
-    await _tell_worker(
-        conn,
-        change,
-        About.ACCEPTED,
-        now,
-        agency_name=agency_name,
-        aftercare_days=plan,
-        person_told=person_told,
-    )
+    jobs = [
+        _tell_worker(
+            change,
+            About.ACCEPTED,
+            now,
+            agency_name=agency_name,
+            aftercare_days=plan,
+            person_told=person_told,
+        )
+    ]
     if person_told:
-        await _tell_person(
-            conn, change, About.ACCEPTED, now, agency_name=agency_name, check_in_days=plan
+        jobs.append(
+            _tell_person(change, About.ACCEPTED, now, agency_name=agency_name, check_in_days=plan)
         )
     for day in plan:
         due = change.occurred_at + timedelta(days=day)
         if person_told:
-            await _tell_person(conn, change, About.CHECK_IN, due, agency_name=agency_name, day=day)
+            jobs.append(_tell_person(change, About.CHECK_IN, due, agency_name=agency_name, day=day))
         elif channel == "phone":
-            await _tell_worker(
-                conn, change, About.CALL_CHECK_IN, due, key=day, agency_name=agency_name, day=day
+            jobs.append(
+                _tell_worker(
+                    change, About.CALL_CHECK_IN, due, key=day, agency_name=agency_name, day=day
+                )
             )
-    await _request_outcome(conn, deps, change)
+    jobs.append(_request_outcome(deps, change))
+    await repo.schedule_jobs(conn, jobs)
 
 
-async def _request_outcome(
-    conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged
-) -> None:
+def _request_outcome(deps: Deps, change: ReferralStatusChanged) -> repo.Job:
     """Ask the agency how it went, with a one-click link per outcome (the closed loop)."""
     offer_id, agency_id = change.offer_id, change.agency_id
     assert offer_id and agency_id
@@ -236,19 +243,16 @@ async def _request_outcome(
         "outcomes": [o.value for o in Outcome],
     }
     due = change.occurred_at + timedelta(days=deps.settings.outcome_request_after_days)
-    await _tell_agency(conn, agency_id, "outcome.requested", data, due, offer_id=offer_id)
+    return _tell_agency(agency_id, "outcome.requested", data, due, offer_id=offer_id)
 
 
 async def _unmatched(
     conn: asyncpg.Connection, deps: Deps, change: ReferralStatusChanged, need: Any
 ) -> None:
     await repo.cancel_job(conn, _job_id(JobKind.WORKER_EMAIL, change.need_id, (About.STUCK, None)))
-    await _tell_worker(
-        conn,
-        change,
-        About.UNMATCHED,
-        deps.clock.now(),
-        excluded=[e.model_dump() for e in change.excluded],
+    excluded = [e.model_dump() for e in change.excluded]
+    await repo.schedule_jobs(
+        conn, [_tell_worker(change, About.UNMATCHED, deps.clock.now(), excluded=excluded)]
     )
 
 
@@ -258,7 +262,7 @@ async def _cancelled(
     await _stop_following(conn, deps, [change.need_id], change.reason)
     # A revocation is recorded by the worker in intake: they know already.
     if change.reason != CANCELLED_CONSENT_REVOKED:
-        await _tell_worker(conn, change, About.CANCELLED, deps.clock.now())
+        await repo.schedule_jobs(conn, [_tell_worker(change, About.CANCELLED, deps.clock.now())])
 
 
 async def _ended(
@@ -269,7 +273,7 @@ async def _ended(
         await repo.cancel_jobs(conn, offer_id=change.offer_id, kind=JobKind.AGENCY_WEBHOOK)
         await repo.set_stage(conn, change.offer_id, change.status, change.reason, deps.clock.now())
     if change.status == ReferralStatus.FAILED:
-        await _tell_worker(conn, change, About.FAILED, deps.clock.now())
+        await repo.schedule_jobs(conn, [_tell_worker(change, About.FAILED, deps.clock.now())])
 
 
 async def _offer_closed(
@@ -293,18 +297,20 @@ _STEPS = {
 }
 
 
-async def _tell_worker(
-    conn: asyncpg.Connection,
+# What each use case schedules is built by these, and written by repo.schedule_jobs all at
+# once.
+
+
+def _tell_worker(
     change: ReferralStatusChanged,
     about: About,
     due: datetime,
     *,
     key: object = None,
     **payload: Any,
-) -> None:
+) -> repo.Job:
     payload = {"agency_name": change.agency_name, "reason": change.reason, **payload}
-    await _job(
-        conn,
+    return _job(
         JobKind.WORKER_EMAIL,
         change.need_id,
         due,
@@ -313,15 +319,13 @@ async def _tell_worker(
     )
 
 
-async def _tell_person(
-    conn: asyncpg.Connection,
+def _tell_person(
     change: ReferralStatusChanged,
     about: About,
     due: datetime,
     **payload: Any,
-) -> None:
-    await _job(
-        conn,
+) -> repo.Job:
+    return _job(
         JobKind.PERSON_MESSAGE,
         change.need_id,
         due,
@@ -330,8 +334,7 @@ async def _tell_person(
     )
 
 
-async def _tell_agency(
-    conn: asyncpg.Connection,
+def _tell_agency(
     agency_id: str,
     kind: str,
     data: dict[str, Any],
@@ -339,11 +342,9 @@ async def _tell_agency(
     *,
     offer_id: UUID,
     only_if_open: bool = False,
-) -> None:
-    """A webhook call, if the agency has one; its Kafka topic and the API carry the rest."""
-    endpoint = await webhooks.endpoint(conn, agency_id)
-    if endpoint is None or not endpoint["enabled"]:
-        return
+) -> repo.Job:
+    """A webhook call, scheduled only if the agency has an enabled endpoint; its Kafka topic
+    and the API carry the rest."""
     # created_at is fixed now, so a retry or an operator's replay sends the same bytes.
     payload = {
         "agency_id": agency_id,
@@ -352,8 +353,7 @@ async def _tell_agency(
         "only_if_open": only_if_open,
         "created_at": due.isoformat(),
     }
-    await _job(
-        conn,
+    job = _job(
         JobKind.AGENCY_WEBHOOK,
         UUID(data["need_id"]),
         due,
@@ -361,10 +361,10 @@ async def _tell_agency(
         offer_id=offer_id,
         payload=payload,
     )
+    return dataclasses.replace(job, webhook_of=agency_id)
 
 
-async def _job(
-    conn: asyncpg.Connection,
+def _job(
     kind: JobKind,
     need_id: UUID,
     due: datetime,
@@ -372,15 +372,9 @@ async def _job(
     key: tuple[object, ...] = (),
     offer_id: UUID | None = None,
     payload: dict[str, Any] | None = None,
-) -> None:
-    await repo.schedule(
-        conn,
-        _job_id(kind, need_id, key, offer_id),
-        kind,
-        need_id,
-        due,
-        offer_id=offer_id,
-        payload=payload or {},
+) -> repo.Job:
+    return repo.Job(
+        _job_id(kind, need_id, key, offer_id), kind, need_id, due, offer_id, payload or {}
     )
 
 

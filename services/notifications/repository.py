@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -32,17 +35,6 @@ async def remember_referrer(conn: asyncpg.Connection, need: NeedSubmitted) -> No
         contact.window_from if contact else None,
         contact.window_until if contact else None,
     )
-
-
-async def first_offer(conn: asyncpg.Connection, need_id: UUID, at: datetime) -> bool:
-    """Record when the need was first offered; True only the first time."""
-    result = await conn.execute(
-        "UPDATE need_referrers SET first_offered_at = $2 "
-        "WHERE need_id = $1 AND first_offered_at IS NULL",
-        need_id,
-        at,
-    )
-    return bool(result == "UPDATE 1")
 
 
 async def record_acceptance(
@@ -134,14 +126,19 @@ async def track_offer(
     respond_by: datetime,
     at: datetime,
     *,
+    offered_at: datetime,
     details: dict[str, Any] | None = None,
-    offered_at: datetime | None = None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO offers (offer_id, need_id, agency_id, agency_name, respond_by, status, "
-        "updated_at, details, offered_at, stage, stage_at) "
+) -> bool:
+    """Record the open offer and, the first time the need is offered, when that was: True
+    only then. One statement, so one round trip."""
+    first: bool = await conn.fetchval(
+        "WITH offer AS (INSERT INTO offers (offer_id, need_id, agency_id, agency_name, "
+        "respond_by, status, updated_at, details, offered_at, stage, stage_at) "
         "VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, 'offered', $6) "
-        "ON CONFLICT (offer_id) DO UPDATE SET details = coalesce(offers.details, $7)",
+        "ON CONFLICT (offer_id) DO UPDATE SET details = coalesce(offers.details, $7)), "
+        "first AS (UPDATE need_referrers SET first_offered_at = $8 "
+        "WHERE need_id = $2 AND first_offered_at IS NULL RETURNING 1) "
+        "SELECT EXISTS (SELECT FROM first)",
         offer_id,
         need_id,
         agency_id,
@@ -149,8 +146,9 @@ async def track_offer(
         respond_by,
         at,
         details,
-        offered_at or at,
+        offered_at,
     )
+    return first
 
 
 async def set_stage(
@@ -257,6 +255,20 @@ async def agency_for_key(conn: asyncpg.Connection, key_hash: str) -> str | None:
     return str(value) if value else None
 
 
+@dataclass(frozen=True)
+class Job:
+    """A job to schedule. One whose ``webhook_of`` names an agency is a call to that
+    agency's webhook, and is scheduled only while the agency has an enabled endpoint."""
+
+    job_id: UUID
+    kind: str
+    need_id: UUID
+    due_at: datetime
+    offer_id: UUID | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    webhook_of: str | None = None
+
+
 async def schedule(
     conn: asyncpg.Connection,
     job_id: UUID,
@@ -267,15 +279,35 @@ async def schedule(
     offer_id: UUID | None = None,
     payload: dict[str, Any] | None = None,
 ) -> None:
+    await schedule_jobs(conn, [Job(job_id, kind, need_id, due_at, offer_id, payload or {})])
+
+
+# Every job of an event in one statement (one round trip, where one per job and one per
+# webhook lookup cost more than the work); a job already scheduled stays as it is.
+_SCHEDULE_JOBS = (
+    "INSERT INTO scheduled_jobs (job_id, kind, need_id, offer_id, due_at, payload) "
+    "SELECT j.job_id, j.kind, j.need_id, j.offer_id, j.due_at, j.payload::jsonb "
+    "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], "
+    "$6::text[], $7::text[]) WITH ORDINALITY "
+    "AS j (job_id, kind, need_id, offer_id, due_at, payload, webhook_of, position) "
+    "WHERE j.webhook_of IS NULL OR EXISTS (SELECT FROM agency_webhooks w "
+    "WHERE w.agency_id = j.webhook_of AND w.enabled) "
+    "ORDER BY j.position ON CONFLICT DO NOTHING"
+)
+
+
+async def schedule_jobs(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
+    if not jobs:
+        return
     await conn.execute(
-        "INSERT INTO scheduled_jobs (job_id, kind, need_id, offer_id, due_at, payload) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        job_id,
-        kind,
-        need_id,
-        offer_id,
-        due_at,
-        payload or {},
+        _SCHEDULE_JOBS,
+        [j.job_id for j in jobs],
+        [j.kind for j in jobs],
+        [j.need_id for j in jobs],
+        [j.offer_id for j in jobs],
+        [j.due_at for j in jobs],
+        [json.dumps(j.payload) for j in jobs],  # as the pool's jsonb codec would
+        [j.webhook_of for j in jobs],
     )
 
 

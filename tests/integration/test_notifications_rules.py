@@ -5,6 +5,7 @@ loop; webhooks signed, retried with backoff, disabled, and replayed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import time, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from services.notifications.scheduler import Deps, run_due_jobs
 from services.sms_sink import SmsSink
 from services.smtp_sink import SmtpSink
 from shared.clock import ManualClock
+from shared.db import create_pool
 from shared.events import (
     CheckInAnswer,
     ContactChannel,
@@ -33,6 +35,7 @@ from shared.events import (
     ReferralStatus,
     ReferralStatusChanged,
 )
+from shared.infra import Infrastructure
 from shared.kafka import Delivery
 from tests.contacts import StaticContactBook
 from tests.factories import need_submitted
@@ -445,6 +448,53 @@ async def test_an_offer_reaches_the_agency_webhook_signed_retried_disabled_and_r
     await run_due_jobs(deps)
     assert receiver.requests[-1].body == first.body
     assert receiver.requests[-1].headers["Refnet-Webhook-Id"] == str(job["job_id"])
+
+
+async def test_an_offer_schedules_its_jobs_in_one_statement_webhooks_only_where_enabled(
+    infra: Infrastructure, deps: Deps, clock: ManualClock, receiver: Receiver
+) -> None:
+    """Round trips cost more than the work they carry: a new need and its offer are read and
+    written in a fixed handful of statements, the offer's jobs (deadline, the worker's
+    'stuck' email, the agency's two webhook calls) in one of them, which schedules a webhook
+    call only for an agency whose endpoint is enabled."""
+    async with deps.pool.acquire() as conn:
+        schema = await conn.fetchval("SELECT current_schema()")
+        await webhooks.register(conn, AGENCY, receiver.url, clock.now())
+        await webhooks.register(conn, "ag-hook-off", receiver.url, clock.now())
+        await conn.execute("UPDATE agency_webhooks SET enabled = false WHERE agency_id = $1",
+                           "ag-hook-off")  # fmt: skip
+    pool = await create_pool(infra.database_url, schema, max_size=1)  # the connection watched
+    sent: list[str] = []
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda query: sent.append(query.query))
+        needs = {}
+        for agency_id in ("ag-warm-up", AGENCY, "ag-hook-off", "ag-no-hook"):
+            need = need_submitted(NeedCategory.COUNSELING, at=clock.now())
+            offered = change(deps, need, ReferralStatus.OFFERED, 2, uuid4())
+            offered = offered.model_copy(update={"agency_id": agency_id})
+            sent.clear()
+            batch = [Delivery(envelope_of(deps, event)) for event in (need, offered)]
+            await handle_events(dataclasses.replace(deps, pool=pool), batch)
+            needs[agency_id] = (need.need_id, list(sent))
+    finally:
+        await pool.close()
+
+    for agency_id, (need_id, statements) in needs.items():
+        if agency_id != "ag-warm-up":  # asyncpg looked up the types it met there
+            # BEGIN, the inbox, the need, the referrer read, the offer, its jobs, COMMIT
+            assert len(statements) == 7, statements
+            assert [q for q in statements if "scheduled_jobs" in q] == [statements[-2]]
+        async with deps.pool.acquire() as conn:
+            kinds = await conn.fetch(
+                "SELECT kind, payload->>'type' AS type FROM scheduled_jobs WHERE need_id = $1",
+                need_id,
+            )
+        webhook_calls = sorted(r["type"] for r in kinds if r["kind"] == JobKind.AGENCY_WEBHOOK)
+        others = sorted(r["kind"] for r in kinds if r["kind"] != JobKind.AGENCY_WEBHOOK)
+        assert others == [JobKind.OFFER_DEADLINE, JobKind.WORKER_EMAIL], agency_id
+        expected = ["offer.created", "offer.deadline-approaching"] if agency_id == AGENCY else []
+        assert webhook_calls == expected, agency_id
 
 
 async def test_an_endpoint_failing_again_and_again_is_disabled_and_sent_nothing_more(
