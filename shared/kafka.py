@@ -119,8 +119,15 @@ def make_producer(settings: BaseServiceSettings, client_id: str) -> AIOKafkaProd
     )
 
 
+# How much a batching consumer's fetch waits for (see kafka_batch_wait_ms): some 60 events.
+BATCH_FETCH_BYTES = 64 * 1024
+
+
 def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) -> AIOKafkaConsumer:
+    """A service's consumer of the events it follows (intake's status events, notifications'),
+    batching as KAFKA_BATCH_WAIT_MS says; matching's Faust consumer is not one of these."""
     session_ms = int(settings.kafka_session_timeout_s * 1000)
+    batching = settings.kafka_batch_wait_ms > 0
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -128,7 +135,10 @@ def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) ->
         client_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.kafka_batch_wait_ms
+        if batching
+        else settings.kafka_fetch_max_wait_ms,
+        fetch_min_bytes=BATCH_FETCH_BYTES if batching else 1,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 100),
         **kafka_security(settings),

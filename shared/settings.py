@@ -74,6 +74,11 @@ class BaseServiceSettings(KafkaClientSettings):
     # embedded broker) holds the fetch for the whole wait, so every record waits up to this
     # long: the local stack sets it short.
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1)
+    # Intake's and notifications' consumers are not on a need's way to its offer, so their
+    # fetches let records gather at the broker (up to this long, or until
+    # shared.kafka.BATCH_FETCH_BYTES have come) and each batch then costs one transaction and
+    # one offset commit for many records. 0: they answer as soon as anything is there.
+    kafka_batch_wait_ms: int = Field(default=250, ge=0)
     consumer_max_attempts: int = 3
     outbox_poll_interval_s: float = 1.0
     # Local mode only: a file holding a clock offset in seconds, so tests can move time.
