@@ -128,6 +128,7 @@ def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) ->
     batching as KAFKA_BATCH_WAIT_MS says; matching's Faust consumer is not one of these."""
     session_ms = int(settings.kafka_session_timeout_s * 1000)
     batching = settings.kafka_batch_wait_ms > 0
+    wait_ms = settings.kafka_batch_wait_ms if batching else settings.kafka_fetch_max_wait_ms
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -135,9 +136,7 @@ def make_consumer(settings: BaseServiceSettings, group_id: str, *topics: str) ->
         client_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.kafka_batch_wait_ms
-        if batching
-        else settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=wait_ms,
         fetch_min_bytes=BATCH_FETCH_BYTES if batching else 1,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 100),

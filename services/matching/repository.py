@@ -421,6 +421,20 @@ class _Args:
         self.values.append(values)
         return f"${len(self.values)}::{cast}"
 
+    def unnest(
+        self, rows: Sequence[Mapping[str, Any]], alias: str, columns: Sequence[tuple[str, str]]
+    ) -> str:
+        """The rows as a table ``alias`` of the named (column, SQL type) pairs, one array
+        parameter per column; a jsonb column is sent as JSON text."""
+        arrays = [
+            f"{self.add([json.dumps(row[name]) for row in rows], 'text[]')}::jsonb[]"
+            if kind == "jsonb"
+            else self.add([row[name] for row in rows], f"{kind}[]")
+            for name, kind in columns
+        ]
+        names = ", ".join(name for name, _ in columns)
+        return f"unnest({', '.join(arrays)}) AS {alias}({names})"
+
 
 async def write_step(
     conn: asyncpg.Connection,
@@ -455,18 +469,20 @@ def _offers_part(args: _Args, offers: Sequence[dict[str, Any]]) -> str:
         "INSERT INTO offers (offer_id, need_id, agency_id, service_id, attempt, status, "
         "respond_by, offered_at, explanation) "
         "SELECT offer_id, need_id, agency_id, service_id, attempt, 'open', respond_by, "
-        "offered_at, explanation FROM unnest("
-        f"{args.add([o['offer_id'] for o in offers], 'uuid[]')}, "
-        f"{args.add([o['need_id'] for o in offers], 'uuid[]')}, "
-        f"{args.add([o['agency_id'] for o in offers], 'text[]')}, "
-        f"{args.add([o['service_id'] for o in offers], 'text[]')}, "
-        f"{args.add([o['attempt'] for o in offers], 'int[]')}, "
-        f"{args.add([o['respond_by'] for o in offers], 'timestamptz[]')}, "
-        f"{args.add([o['offered_at'] for o in offers], 'timestamptz[]')}, "
-        f"{args.add([json.dumps(o['explanation']) for o in offers], 'text[]')}::jsonb[]) "
-        "AS o(offer_id, need_id, agency_id, service_id, attempt, respond_by, offered_at, "
-        "explanation)"
+        "offered_at, explanation FROM " + args.unnest(offers, "o", _OFFER_COLUMNS)
     )
+
+
+_OFFER_COLUMNS = (
+    ("offer_id", "uuid"),
+    ("need_id", "uuid"),
+    ("agency_id", "text"),
+    ("service_id", "text"),
+    ("attempt", "int"),
+    ("respond_by", "timestamptz"),
+    ("offered_at", "timestamptz"),
+    ("explanation", "jsonb"),
+)
 
 
 def _places_part(args: _Args, changes: Mapping[str, PlaceChange]) -> str:
@@ -496,17 +512,21 @@ def _referrals_part(args: _Args, refs: Sequence[dict[str, Any]]) -> str:
         "UPDATE referrals r SET status = u.status, sequence = u.sequence, attempt = u.attempt, "
         "agency_id = u.agency_id, offer_id = u.offer_id, respond_by = u.respond_by, "
         "tried = ARRAY(SELECT jsonb_array_elements_text(u.tried)), updated_at = u.updated_at, "
-        "service_id = u.service_id FROM unnest("
-        f"{args.add([r['need_id'] for r in refs], 'uuid[]')}, "
-        f"{args.add([r['status'] for r in refs], 'text[]')}, "
-        f"{args.add([r['sequence'] for r in refs], 'int[]')}, "
-        f"{args.add([r['attempt'] for r in refs], 'int[]')}, "
-        f"{args.add([r['agency_id'] for r in refs], 'text[]')}, "
-        f"{args.add([r['offer_id'] for r in refs], 'uuid[]')}, "
-        f"{args.add([r['respond_by'] for r in refs], 'timestamptz[]')}, "
-        f"{args.add([json.dumps(list(r['tried'])) for r in refs], 'text[]')}::jsonb[], "
-        f"{args.add([r['updated_at'] for r in refs], 'timestamptz[]')}, "
-        f"{args.add([r['service_id'] for r in refs], 'text[]')}) "
-        "AS u(need_id, status, sequence, attempt, agency_id, offer_id, respond_by, tried, "
-        "updated_at, service_id) WHERE r.need_id = u.need_id"
+        "service_id = u.service_id FROM "
+        + args.unnest(refs, "u", _REFERRAL_COLUMNS)
+        + " WHERE r.need_id = u.need_id"
     )
+
+
+_REFERRAL_COLUMNS = (
+    ("need_id", "uuid"),
+    ("status", "text"),
+    ("sequence", "int"),
+    ("attempt", "int"),
+    ("agency_id", "text"),
+    ("offer_id", "uuid"),
+    ("respond_by", "timestamptz"),
+    ("tried", "jsonb"),
+    ("updated_at", "timestamptz"),
+    ("service_id", "text"),
+)

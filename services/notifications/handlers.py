@@ -4,7 +4,6 @@ and take the person's answers to aftercare check-ins."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import secrets
@@ -353,15 +352,15 @@ def _tell_agency(
         "only_if_open": only_if_open,
         "created_at": due.isoformat(),
     }
-    job = _job(
+    return _job(
         JobKind.AGENCY_WEBHOOK,
         UUID(data["need_id"]),
         due,
         key=(kind,),
         offer_id=offer_id,
         payload=payload,
+        webhook_of=agency_id,
     )
-    return dataclasses.replace(job, webhook_of=agency_id)
 
 
 def _job(
@@ -372,10 +371,10 @@ def _job(
     key: tuple[object, ...] = (),
     offer_id: UUID | None = None,
     payload: dict[str, Any] | None = None,
+    webhook_of: str | None = None,
 ) -> repo.Job:
-    return repo.Job(
-        _job_id(kind, need_id, key, offer_id), kind, need_id, due, offer_id, payload or {}
-    )
+    job_id = _job_id(kind, need_id, key, offer_id)
+    return repo.Job(job_id, kind, need_id, due, offer_id, payload or {}, webhook_of)
 
 
 def _job_id(
