@@ -30,7 +30,13 @@ from shared.events import CheckInAnswer, NeedCategory, ReferralStatus, Urgency
 router = APIRouter(
     prefix="/api/v1",
     tags=["intakes"],
-    responses={400: {"description": "The body could not be read (not UTF-8 JSON)."}},
+    responses={
+        400: {"description": "The body could not be read (not UTF-8 JSON)."},
+        429: {
+            "description": "Too many unknown or revoked tokens from your address: every "
+            "token is refused until Retry-After (seconds) has passed."
+        },
+    },
 )
 
 EXAMPLE_INTAKE: dict[str, Any] = {

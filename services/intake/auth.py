@@ -1,5 +1,5 @@
-"""Who is asking: a worker's browser session or API token, CSRF on every form, and the
-login throttle (per account and per client address)."""
+"""Who is asking: a worker's browser session or API token, CSRF on every form, the login
+throttle (per account and per client address) and the API token throttle (per address)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from services.intake import repository as repo
 from services.intake.forms import FormValues
 from services.intake.security import token_digest
 from shared.passwords import csrf_matches, new_csrf_token, verify_password
+from shared.throttle import AddressThrottle, TooManyFailures, client_address
 
 _bearer = HTTPBearer(auto_error=False, description="A worker API token (`refnet users token`).")
 
@@ -71,13 +72,35 @@ async def _token_worker(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> asyncpg.Record:
-    worker = None
-    if credentials is not None:
-        async with request.app.state.pool.acquire() as conn:
-            worker = await repo.worker_by_token(conn, token_digest(credentials.credentials))
+    if credentials is None:
+        raise bad_token()
+    return await _worker_of_token(request, token_digest(credentials.credentials))
+
+
+async def _worker_of_token(request: Request, digest: bytes) -> asyncpg.Record:
+    """The worker whose token this is; a token unknown or revoked counts against the
+    client's address, and an address that has guessed too often is refused (429) before
+    the token is looked up (shared/throttle.py)."""
+    state = request.app.state
+    throttle: AddressThrottle = state.settings.api_key_throttle
+    address, now = client_address(request), state.clock.now()
+    try:
+        async with state.pool.acquire() as conn:
+            await throttle.refuse_if_blocked(conn, address, now)
+            worker = await repo.worker_by_token(conn, digest)
+            if worker is None:
+                # Tokens this address had found good are checked again from now on, so a
+                # block that this failure may complete applies to them too.
+                state.recent_tokens.forget_address(address)
+                await throttle.record_failure(conn, address, now)
+    except TooManyFailures as over:
+        raise over.http(TOO_MANY_TOKENS) from None
     if worker is None:
         raise bad_token()
     return worker
+
+
+TOO_MANY_TOKENS = "Too many requests with unknown or revoked tokens from your address."
 
 
 def bad_token() -> HTTPException:
@@ -99,9 +122,10 @@ RECENT_TOKENS_KEPT = 1024
 
 
 class RecentTokens:
-    """Token digests found valid in the last RECENT_TOKEN_S, with their worker. Only
-    successes are kept (a new token works at once) and only so many (random guesses cannot
-    grow it)."""
+    """Token digests found valid in the last RECENT_TOKEN_S, with their worker and the
+    address that presented them: another address is checked in the database (and by the
+    throttle) as if the token were new. Only successes are kept (a new token works at once)
+    and only so many (random guesses cannot grow it)."""
 
     def __init__(
         self,
@@ -112,22 +136,26 @@ class RecentTokens:
         self._ttl_s = ttl_s
         self._size = size
         self._clock = clock
-        self._found: dict[bytes, tuple[float, asyncpg.Record]] = {}
+        self._found: dict[bytes, tuple[float, str, asyncpg.Record]] = {}
 
-    def get(self, digest: bytes) -> asyncpg.Record | None:
+    def get(self, digest: bytes, address: str) -> asyncpg.Record | None:
         found = self._found.get(digest)
-        if found is None or self._clock() - found[0] > self._ttl_s:
+        if found is None or found[1] != address or self._clock() - found[0] > self._ttl_s:
             return None
-        return found[1]
+        return found[2]
 
     def forget(self, digest: bytes) -> None:
         self._found.pop(digest, None)
 
-    def put(self, digest: bytes, worker: asyncpg.Record) -> None:
+    def forget_address(self, address: str) -> None:
+        for digest in [d for d, (_, by, _) in self._found.items() if by == address]:
+            del self._found[digest]
+
+    def put(self, digest: bytes, address: str, worker: asyncpg.Record) -> None:
         self._found.pop(digest, None)
         if len(self._found) >= self._size:
             del self._found[next(iter(self._found))]  # the longest kept
-        self._found[digest] = (self._clock(), worker)
+        self._found[digest] = (self._clock(), address, worker)
 
 
 @dataclass(frozen=True)
@@ -144,13 +172,11 @@ async def _submitting_worker(
         raise bad_token()
     digest = token_digest(credentials.credentials)
     recent: RecentTokens = request.app.state.recent_tokens
-    worker = recent.get(digest)
+    address = client_address(request)
+    worker = recent.get(digest, address)
     if worker is None:
-        async with request.app.state.pool.acquire() as conn:
-            worker = await repo.worker_by_token(conn, digest)
-        if worker is None:
-            raise bad_token()
-        recent.put(digest, worker)
+        worker = await _worker_of_token(request, digest)
+        recent.put(digest, address, worker)
     return TokenCaller(worker, digest)
 
 
@@ -173,7 +199,7 @@ async def authenticate(request: Request, email: str, password: str) -> asyncpg.R
     state = request.app.state
     settings, now = state.settings, state.clock.now()
     account = email.strip().lower()
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     since = now - timedelta(seconds=settings.login_window_s)
     async with state.pool.acquire() as conn, conn.transaction():
         # One account's attempts take turns, so parallel guesses cannot all pass the count.

@@ -4,6 +4,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.intake.security import decode_key
 from shared.settings import BaseServiceSettings
+from shared.throttle import AddressThrottle
 
 # Values from deploy/.env.example and docs that must never reach production.
 _PLACEHOLDERS = ("change-me", "changeme", "secret", "example")
@@ -25,12 +26,18 @@ class IntakeSettings(BaseServiceSettings):
     session_max_age_s: int = 8 * 3600
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    # Proxies whose X-Forwarded-For is trusted for the client address (login throttle).
+    # Proxies whose X-Forwarded-For is trusted for the client address (the login and API
+    # token throttles).
     forwarded_allow_ips: str = "127.0.0.1"
     # Failed logins allowed in the window, per account and per client address.
     login_window_s: int = 15 * 60
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
+    # Requests with an unknown or revoked worker API token allowed per client address in the
+    # window; past that, every token from the address is answered 429, unchecked. The same
+    # names as notifications' agency API keys: one policy for API credentials.
+    api_key_window_s: int = Field(default=15 * 60, ge=1)
+    api_key_max_failures_per_address: int = Field(default=20, ge=1)
     # Where the operator dashboard (/admin/dashboard) asks the other services' /readyz.
     matching_url: str = Field(default="http://127.0.0.1:8002", pattern=r"^https?://")
     notifications_url: str = Field(default="http://127.0.0.1:8001", pattern=r"^https?://")
@@ -43,6 +50,12 @@ class IntakeSettings(BaseServiceSettings):
     def _a_key(cls, value: SecretStr) -> SecretStr:
         decode_key(value.get_secret_value())
         return value
+
+    @property
+    def api_key_throttle(self) -> AddressThrottle:
+        return AddressThrottle(
+            "api_token_failures", self.api_key_window_s, self.api_key_max_failures_per_address
+        )
 
     @property
     def pii_keys(self) -> list[str]:

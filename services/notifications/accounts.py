@@ -122,6 +122,11 @@ async def end_sessions(conn: asyncpg.Connection, user_id: str, at: datetime) -> 
     )
 
 
+# Two-key form, its own namespace (see services/intake/repository.py): the account is typed
+# by whoever logs in, and must not be able to name another lock.
+_LOCK_INBOX_LOGIN = 11
+
+
 async def authenticate(
     pool: asyncpg.Pool,
     settings: NotificationsSettings,
@@ -136,7 +141,9 @@ async def authenticate(
     since = now - timedelta(seconds=settings.login_window_s)
     async with pool.acquire() as conn, conn.transaction():
         # One account's attempts take turns, so parallel guesses cannot all pass the count.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('agency-login:' || $1))", account)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_INBOX_LOGIN, account
+        )
         by_account, by_address = await _failures_since(conn, account, address, since)
         if (
             by_account >= settings.login_max_failures_per_account

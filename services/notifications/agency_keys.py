@@ -9,22 +9,21 @@ Rotation issues a new key and revokes every older active key of the agency at on
 asked to keep them: there is no column for a scheduled revocation, so a grace period is
 "rotate with keep_old, let the agency switch, then revoke the old fingerprint".
 
-Guessing is throttled per client address: each request with an unknown or revoked key is
-counted (notifications.api_key_failures), and while an address has too many in the window
-every key it presents is refused unchecked, a valid one too, so the answers say nothing.
+Guessing is throttled per client address (shared/throttle.py): each request with an unknown
+or revoked key is counted in notifications.api_key_failures.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
 from services.notifications import repository as repo
 from services.notifications.handlers import hash_api_key, issue_api_key
+from shared.throttle import AddressThrottle
 
 FINGERPRINT_LENGTH = 8
 _FINGERPRINT = re.compile(r"^[0-9a-f]{8,64}$")
@@ -32,14 +31,6 @@ _FINGERPRINT = re.compile(r"^[0-9a-f]{8,64}$")
 
 class KeyProblem(ValueError):
     """An operator's request about keys that cannot be done; the message says why."""
-
-
-class TooManyFailures(Exception):
-    """The address presented too many unknown or revoked keys in the window."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"retry after {retry_after_s}s")
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -148,44 +139,14 @@ async def revoke_all(pool: asyncpg.Pool, agency_id: str) -> list[str]:
 
 
 async def agency_for_key_from(
-    pool: asyncpg.Pool,
-    key: str,
-    address: str,
-    now: datetime,
-    *,
-    window_s: int,
-    max_failures: int,
+    pool: asyncpg.Pool, key: str, address: str, now: datetime, throttle: AddressThrottle
 ) -> str | None:
     """The agency of an active ``key`` presented from ``address``, or None, which counts as
-    a failure of the address. TooManyFailures, before the key is looked up, while the
-    address has ``max_failures`` failures within the last ``window_s`` seconds; it says when
-    the oldest of those that block it leaves the window."""
-    since = now - timedelta(seconds=window_s)
+    a failure of the address; TooManyFailures, before the key is looked up, while the
+    address is blocked (shared/throttle.py)."""
     async with pool.acquire() as conn:
-        await _refuse_if_blocked(conn, address, since, max_failures)
+        await throttle.refuse_if_blocked(conn, address, now)
         agency_id = await repo.agency_for_key(conn, hash_api_key(key))
-        if agency_id is not None:
-            return agency_id  # the common case: no lock, nothing written
-        async with conn.transaction():
-            # One address's failures take turns, so parallel guesses cannot all pass the count.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('api-key:' || $1))", address)
-            await _refuse_if_blocked(conn, address, since, max_failures)
-            await conn.execute("DELETE FROM api_key_failures WHERE failed_at <= $1", since)
-            await conn.execute(
-                "INSERT INTO api_key_failures (address, failed_at) VALUES ($1, $2)", address, now
-            )
-        return None
-
-
-async def _refuse_if_blocked(
-    conn: asyncpg.Connection, address: str, since: datetime, max_failures: int
-) -> None:
-    blocking = await conn.fetchval(
-        "SELECT failed_at FROM api_key_failures WHERE address = $1 AND failed_at > $2 "
-        "ORDER BY failed_at DESC OFFSET $3 LIMIT 1",
-        address,
-        since,
-        max_failures - 1,
-    )
-    if blocking is not None:
-        raise TooManyFailures(max(1, math.ceil((blocking - since).total_seconds())))
+        if agency_id is None:
+            await throttle.record_failure(conn, address, now)
+        return agency_id

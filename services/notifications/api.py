@@ -21,7 +21,7 @@ from services.notifications.agency import (
     offer_of,
     view_contact,
 )
-from services.notifications.agency_keys import TooManyFailures, agency_for_key_from
+from services.notifications.agency_keys import agency_for_key_from
 from services.notifications.fhir import ReferralRecord, referral_bundle
 from services.notifications.handlers import (
     Answer,
@@ -39,6 +39,7 @@ from shared.events import (
     ReferralOffered,
 )
 from shared.internal_api import ReleasedContact
+from shared.throttle import TooManyFailures, client_address
 
 router = APIRouter(
     prefix="/agency/v1",
@@ -71,16 +72,13 @@ async def _agency(
         agency_id = await agency_for_key_from(
             deps.pool,
             credentials.credentials,
-            request.client.host if request.client else "unknown",
+            client_address(request),
             deps.clock.now(),
-            window_s=deps.settings.api_key_window_s,
-            max_failures=deps.settings.api_key_max_failures_per_address,
+            deps.settings.api_key_throttle,
         )
     except TooManyFailures as over:
-        raise HTTPException(
-            429,
-            "Too many requests with unknown or revoked API keys from your address.",
-            headers={"Retry-After": str(over.retry_after_s)},
+        raise over.http(
+            "Too many requests with unknown or revoked API keys from your address."
         ) from None
     if agency_id is None:
         raise HTTPException(401, "This API key is unknown or revoked.")

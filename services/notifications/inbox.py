@@ -46,6 +46,7 @@ from shared.events import (
     ReferralOffered,
 )
 from shared.passwords import csrf_matches, new_csrf_token
+from shared.throttle import client_address
 
 router = APIRouter(prefix="/inbox", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates" / "inbox")
@@ -130,7 +131,7 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request, form: Form) -> Response:
     deps = _deps(request)
     email = form.get("email", "")
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     try:
         user = await authenticate(
             deps.pool, deps.settings, deps.clock.now(), email, form.get("password", ""), address

@@ -4,6 +4,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from shared.events import NeedCategory, Urgency
 from shared.settings import BaseServiceSettings
+from shared.throttle import AddressThrottle
 
 DEFAULT_AFTERCARE_DAYS = [1, 7, 30, 90]
 
@@ -97,6 +98,12 @@ class NotificationsSettings(BaseServiceSettings):
 
     def aftercare_plan(self, category: NeedCategory) -> list[int]:
         return sorted(self.aftercare_plans.get(category, self.aftercare_days))
+
+    @property
+    def api_key_throttle(self) -> AddressThrottle:
+        return AddressThrottle(
+            "api_key_failures", self.api_key_window_s, self.api_key_max_failures_per_address
+        )
 
     @property
     def sms_configured(self) -> bool:

@@ -23,7 +23,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             "SCHEDULER_POLL_INTERVAL_S": "0.2",
             "OUTBOX_POLL_INTERVAL_S": "0.5",
             "KAFKA_SESSION_TIMEOUT_S": "6",
-            # Every test calls from 127.0.0.1, and some present bad keys on purpose: the
+            # Every test calls from 127.0.0.1, and some present bad keys and tokens on purpose: the
             # per-address throttle is tested on an app of its own (tests/integration).
             "API_KEY_MAX_FAILURES_PER_ADDRESS": "100000",
         },

@@ -1,5 +1,6 @@
 """Guessing is throttled: the intake login, the agency inbox login (per account and per
-client address) and the agency API's keys (per client address), each over a window.
+client address), intake's worker API tokens and the agency API's keys (per client address),
+each over a window.
 
 Each runs on an app of its own, on its own schema, with small limits and a manual clock:
 the e2e stack serves every test from 127.0.0.1, so exhausting a limit there would lock the
@@ -20,10 +21,12 @@ import pytest_asyncio
 from fastapi import FastAPI
 from starlette.middleware.sessions import SessionMiddleware
 
+from services.intake import api as intake_api
 from services.intake import repository as intake_repo
 from services.intake import routes as intake_routes
+from services.intake.auth import RecentTokens
 from services.intake.handlers import Crypto
-from services.intake.security import generate_key
+from services.intake.security import generate_key, new_api_token
 from services.intake.settings import IntakeSettings
 from services.notifications.accounts import upsert_user
 from services.notifications.api import router as agency_api
@@ -82,11 +85,14 @@ def intake(intake_pool: asyncpg.Pool, clock: ManualClock, crypto: Crypto) -> Cli
         login_window_s=WINDOW_S,
         login_max_failures_per_account=PER_ACCOUNT,
         login_max_failures_per_address=PER_ADDRESS,
+        api_key_window_s=WINDOW_S,
+        api_key_max_failures_per_address=KEY_FAILURES,
     )
     app = FastAPI()
     app.state.settings, app.state.pool, app.state.clock = settings, intake_pool, clock
-    app.state.crypto = crypto
+    app.state.crypto, app.state.recent_tokens = crypto, RecentTokens()
     app.add_middleware(SessionMiddleware, secret_key="s" * 40, session_cookie="refnet_session")
+    app.include_router(intake_api.router)
     app.include_router(intake_routes.router)
     return clients(app)
 
@@ -177,6 +183,59 @@ async def test_a_login_is_refused_unchecked_after_too_many_failures_of_its_accou
     clock.advance(timedelta(seconds=WINDOW_S + 1))
     async with client("198.51.100.1") as http:
         assert await log_in(http, path, guessed, PASSWORD) == ok
+
+
+# --- intake's worker API tokens ----------------------------------------------------------------
+
+
+async def worker_token(pool: asyncpg.Pool, worker: asyncpg.Record) -> str:
+    token, digest = new_api_token()
+    async with pool.acquire() as conn:
+        await intake_repo.insert_token(conn, digest, worker["worker_id"], "throttle test")
+    return token
+
+
+async def test_an_address_presenting_too_many_unknown_tokens_is_refused_every_token_for_a_while(
+    intake: Client, intake_pool: asyncpg.Pool, worker: asyncpg.Record, clock: ManualClock
+) -> None:
+    token = await worker_token(intake_pool, worker)
+
+    async def read(http: httpx.AsyncClient, presented: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {presented}"} if presented else {}
+        return await http.get(f"/api/v1/intakes/{uuid4()}", headers=headers)
+
+    async def submit(http: httpx.AsyncClient, presented: str) -> httpx.Response:
+        # An empty body: the token is checked before the body is (422 once it passes).
+        headers = {"Authorization": f"Bearer {presented}"}
+        return await http.post("/api/v1/intakes", json={}, headers=headers)
+
+    async with intake("192.0.2.30") as guesser, intake("192.0.2.40") as neighbour:
+        # A valid submission puts the token in the endpoint's memory, for the guesser's address
+        assert (await submit(guesser, token)).status_code == 422
+        # Unknown tokens count, on either endpoint; a valid one in between resets nothing
+        assert (await read(guesser, "rnw_guess-1")).status_code == 401
+        assert (await read(guesser, token)).status_code == 404, "found, but no such intake"
+        assert (await submit(guesser, "rnw_guess-2")).status_code == 401
+        assert (await read(guesser, "rnw_guess-3")).status_code == 401
+        # No token at all is no guess
+        assert (await read(guesser, None)).status_code == 401
+
+        # Then every token from that address is refused unchecked, the valid one too, though
+        # the submission endpoint had remembered it as valid for this very address
+        for refused in (
+            await read(guesser, token),
+            await submit(guesser, token),
+            await submit(guesser, "rnw_guess-4"),
+        ):
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == str(WINDOW_S)
+        # while the neighbour is served
+        assert (await submit(neighbour, token)).status_code == 422
+        assert (await read(neighbour, token)).status_code == 404
+
+        clock.advance(timedelta(seconds=WINDOW_S))
+        assert (await submit(guesser, token)).status_code == 422
+        assert (await read(guesser, token)).status_code == 404
 
 
 # --- the agency API's keys ---------------------------------------------------------------------
