@@ -31,6 +31,7 @@ from shared.events import (
     ContactChannel,
     ContactPreferences,
     NeedSubmitted,
+    ReferralStatus,
     ReferralStatusChanged,
     Referrer,
 )
@@ -371,11 +372,27 @@ async def on_event(pool: asyncpg.Pool, envelope: Envelope) -> None:
 
 async def on_events(pool: asyncpg.Pool, deliveries: Sequence[Delivery]) -> None:
     """A fetch's events of a topic in one transaction: one connection and one commit for the
-    batch (shared.kafka.process_batch handles them one at a time again if it fails)."""
+    batch (shared.kafka.process_batch handles them one at a time again if it fails). Status
+    changes in a row go to the database together, in one round trip."""
     async with pool.acquire() as conn, _transaction(conn, deliveries):
-        for delivery in deliveries:
-            with delivery.context():
-                await _apply(conn, delivery.envelope)
+        for run in _runs_of_status_changes(deliveries):
+            if len(run) > 1:
+                await record_referral_statuses(conn, run)
+                continue
+            with run[0].context():
+                await _apply(conn, run[0].envelope)
+
+
+def _runs_of_status_changes(deliveries: Sequence[Delivery]) -> list[list[Delivery]]:
+    """The deliveries in order, consecutive status changes together, anything else alone."""
+    runs: list[list[Delivery]] = []
+    for delivery in deliveries:
+        change = isinstance(delivery.envelope.event, ReferralStatusChanged)
+        if change and runs and isinstance(runs[-1][-1].envelope.event, ReferralStatusChanged):
+            runs[-1].append(delivery)
+        else:
+            runs.append([delivery])
+    return runs
 
 
 def _transaction(
@@ -399,12 +416,30 @@ async def _apply(conn: asyncpg.Connection, envelope: Envelope) -> None:
 
 
 async def record_referral_status(conn: asyncpg.Connection, envelope: Envelope) -> None:
-    change = envelope.event
-    assert isinstance(change, ReferralStatusChanged)
     # Inbox, history and status in one statement: one round trip instead of six, for an
     # event every need brings several of.
-    first, moved = await repo.record_status(conn, change, STATUS_CONSUMER, inbox_id(envelope))
-    if first and not moved:
+    change, event_id = _status_change(envelope)
+    first, moved = await repo.record_status(conn, change, STATUS_CONSUMER, event_id)
+    _note_unapplied(change, first, moved)
+
+
+async def record_referral_statuses(conn: asyncpg.Connection, run: Sequence[Delivery]) -> None:
+    changes = [_status_change(delivery.envelope) for delivery in run]
+    outcomes = await repo.record_statuses(conn, changes, STATUS_CONSUMER)
+    for delivery, (change, _), (first, moved) in zip(run, changes, outcomes, strict=True):
+        with delivery.context():
+            _note_unapplied(change, first, moved)
+
+
+def _status_change(envelope: Envelope) -> tuple[ReferralStatusChanged, str]:
+    change = envelope.event
+    assert isinstance(change, ReferralStatusChanged)
+    return change, inbox_id(envelope)
+
+
+def _note_unapplied(change: ReferralStatusChanged, first: bool, moved: bool) -> None:
+    # Matching's SUBMITTED confirms what intake recorded when it wrote the need: not news.
+    if first and not moved and change.status is not ReferralStatus.SUBMITTED:
         log.info("need %s: status %s is stale or unknown", change.need_id, change.status)
 
 

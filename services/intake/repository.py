@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -42,8 +43,10 @@ async def worker_by_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Re
     )
 
 
-# Advisory-lock namespaces (the first key of the two-key form), so kinds never collide. 1
-# (a submission) and 2 (a person's match key) are taken by intake_submission_guard (SQL).
+# Advisory-lock namespaces (the first key of the two-key form), so kinds never collide. They
+# are database-wide, and the services may share one database, so every service's are here:
+# 1 (a submission) and 2 (a person's match key): intake_submission_guard (SQL); 3: intake's
+# logins; 10: shared/throttle.py; 11: the agency inbox's logins (notifications/accounts.py).
 _LOCK_LOGIN = 3
 
 
@@ -362,8 +365,27 @@ async def record_status(
 ) -> tuple[bool, bool]:
     """apply_status, once per ``event_id`` for ``consumer`` if given (the inbox): whether
     this was the first delivery, and whether the need moved."""
-    row = await conn.fetchrow(
+    row = await conn.fetchrow(_RECORD_STATUS, *_record_status_args(change, consumer, event_id))
+    return bool(row["first"]), bool(row["moved"])
+
+
+async def record_statuses(
+    conn: asyncpg.Connection, changes: Sequence[tuple[ReferralStatusChanged, str]], consumer: str
+) -> list[tuple[bool, bool]]:
+    """record_status for each (change, event id) in turn, as one pipelined round trip: each
+    statement still sees the ones before it, so a batch ends as applying the changes one by
+    one would, stale ones and declines counted included."""
+    rows = await conn.fetchmany(
         _RECORD_STATUS,
+        [_record_status_args(change, consumer, event_id) for change, event_id in changes],
+    )
+    return [(bool(row["first"]), bool(row["moved"])) for row in rows]
+
+
+def _record_status_args(
+    change: ReferralStatusChanged, consumer: str | None, event_id: str | None
+) -> tuple[Any, ...]:
+    return (
         change.need_id,
         change.status.value,
         change.sequence,
@@ -378,7 +400,6 @@ async def record_status(
         consumer,
         event_id,
     )
-    return bool(row["first"]), bool(row["moved"])
 
 
 async def intake_for_worker(

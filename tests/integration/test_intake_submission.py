@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -225,20 +228,99 @@ async def test_a_status_event_delivered_twice_changes_the_need_once(
 
     declined = delivery(2, ReferralStatus.DECLINED, "e-2")
     envelopes = [declined, declined, delivery(1, ReferralStatus.OFFERED, "e-1")]
-    if batched:  # as the consumer hands over a fetch's batch
-        await on_events(intake_pool, [Delivery(envelope) for envelope in envelopes])
-    else:
-        for envelope in envelopes:
-            await on_event(intake_pool, envelope)
+    await deliver(intake_pool, envelopes, batched)
 
-    async with intake_pool.acquire() as conn:
-        need = await conn.fetchrow("SELECT * FROM needs WHERE need_id = $1", need_id)
-        history = await conn.fetch(
-            "SELECT sequence, status FROM status_changes WHERE need_id = $1 ORDER BY sequence",
-            need_id,
-        )
+    need, history = await need_and_history(intake_pool, need_id)
     assert (need["status"], need["status_sequence"], need["declines"]) == ("declined", 2, 1)
     assert [(h["sequence"], h["status"]) for h in history] == [(1, "offered"), (2, "declined")]
+
+
+async def deliver(pool: asyncpg.Pool, envelopes: list[Envelope], batched: bool) -> None:
+    if batched:  # as the consumer hands over a fetch's batch
+        await on_events(pool, [Delivery(envelope) for envelope in envelopes])
+    else:
+        for envelope in envelopes:
+            await on_event(pool, envelope)
+
+
+async def need_and_history(
+    pool: asyncpg.Pool, need_id: UUID
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    async with pool.acquire() as conn:
+        need = await conn.fetchrow("SELECT * FROM needs WHERE need_id = $1", need_id)
+        history = await conn.fetch(
+            "SELECT sequence, status, agency_id FROM status_changes WHERE need_id = $1 "
+            "ORDER BY sequence",
+            need_id,
+        )
+    return need, list(history)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_a_batch_of_status_changes_ends_as_applying_them_one_by_one_would(
+    intake_pool: asyncpg.Pool, crypto: Crypto, clock: ManualClock, worker: asyncpg.Record, seed: int
+) -> None:
+    """A fetch's status changes go to the database in one round trip; out of order, stale,
+    repeated and declined ones leave the need and its history as one at a time does."""
+    rng = random.Random(seed)
+    statuses = [ReferralStatus.OFFERED, ReferralStatus.DECLINED, ReferralStatus.EXPIRED]
+    steps = [(n, rng.choice(statuses), rng.random()) for n in range(1, 9)]
+    steps += [(n, ReferralStatus.UNMATCHED, 0.0) for n in (9,)]
+    order = [*steps, *rng.sample(steps, 3)]  # some delivered twice
+    rng.shuffle(order)
+
+    async def need_after(batched: bool) -> tuple[Any, ...]:
+        request = a_request(new_person=True)
+        outcome = await submit_intake(intake_pool, crypto, clock, worker, request)
+        assert isinstance(outcome, Submitted)
+        need_id = outcome.written[0]["need_id"]
+        envelopes = []
+        for sequence, status, attempt in order:
+            change = ReferralStatusChanged(
+                need_id=need_id,
+                status=status,
+                sequence=sequence,
+                occurred_at=NOW + timedelta(minutes=sequence),
+                agency_id=f"ag-{sequence:03d}",
+                agency_name="Agency",
+                attempt=sequence if attempt > 0.5 else None,
+            )
+            event_id = f"{need_id}-{sequence}"
+            envelopes.append(Envelope(event_id, "/refnet/matching", change.ce_type, NOW, 1, change))
+        await deliver(intake_pool, envelopes, batched)
+        need, history = await need_and_history(intake_pool, need_id)
+        kept = {k: v for k, v in need.items() if k not in ("need_id", "intake_id", "note")}
+        return tuple(sorted(kept.items())), [tuple(h) for h in history]
+
+    assert await need_after(batched=True) == await need_after(batched=False)
+
+
+async def test_only_a_stale_status_is_logged_not_matchings_echo_of_submitted(
+    intake_pool: asyncpg.Pool,
+    crypto: Crypto,
+    clock: ManualClock,
+    worker: asyncpg.Record,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outcome = await submit_intake(intake_pool, crypto, clock, worker, a_request(new_person=True))
+    assert isinstance(outcome, Submitted)
+    need_id = outcome.written[0]["need_id"]
+
+    def envelope(sequence: int, status: ReferralStatus) -> Envelope:
+        change = ReferralStatusChanged(
+            need_id=need_id, status=status, sequence=sequence, occurred_at=NOW
+        )
+        return Envelope(
+            f"{need_id}-{sequence}-{status.value}", "/m", change.ce_type, NOW, 1, change
+        )
+
+    caplog.set_level(logging.INFO, logger="services.intake.handlers")
+    await on_event(intake_pool, envelope(0, ReferralStatus.SUBMITTED))  # as matching sends it
+    await on_event(intake_pool, envelope(2, ReferralStatus.UNMATCHED))
+    await on_event(intake_pool, envelope(1, ReferralStatus.DECLINED))  # stale: 2 came first
+
+    stale = [r.getMessage() for r in caplog.records if "stale or unknown" in r.getMessage()]
+    assert stale == [f"need {need_id}: status declined is stale or unknown"]
 
 
 # --- the JSON API, in process ---------------------------------------------------------------
