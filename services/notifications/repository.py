@@ -269,19 +269,6 @@ class Job:
     webhook_of: str | None = None
 
 
-async def schedule(
-    conn: asyncpg.Connection,
-    job_id: UUID,
-    kind: str,
-    need_id: UUID,
-    due_at: datetime,
-    *,
-    offer_id: UUID | None = None,
-    payload: dict[str, Any] | None = None,
-) -> None:
-    await schedule_jobs(conn, [Job(job_id, kind, need_id, due_at, offer_id, payload or {})])
-
-
 # Every job of an event in one statement (one round trip, where one per job and one per
 # webhook lookup cost more than the work); a job already scheduled stays as it is.
 _SCHEDULE_JOBS = (

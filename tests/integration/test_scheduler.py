@@ -44,13 +44,17 @@ async def given_a_due_check_in(deps: Deps, contacts: StaticContactBook) -> UUID:
     need = await given_a_need(deps, contacts)
     key = job_id(need.need_id, About.CHECK_IN, 1)
     async with deps.pool.acquire() as conn:
-        await repo.schedule(
+        await repo.schedule_jobs(
             conn,
-            key,
-            JobKind.PERSON_MESSAGE,
-            need.need_id,
-            deps.clock.now(),
-            payload={"about": "check-in", "day": 1, "agency_name": "Agency"},
+            [
+                repo.Job(
+                    key,
+                    JobKind.PERSON_MESSAGE,
+                    need.need_id,
+                    deps.clock.now(),
+                    payload={"about": "check-in", "day": 1, "agency_name": "Agency"},
+                )
+            ],
         )
     return key
 
@@ -194,13 +198,17 @@ async def test_a_job_that_keeps_failing_is_marked_failed_not_retried_forever(
 ) -> None:
     unknown_need = need_submitted(NeedCategory.AFTERCARE, at=clock.now())  # never remembered
     async with deps.pool.acquire() as conn:
-        await repo.schedule(
+        await repo.schedule_jobs(
             conn,
-            uuid4(),
-            JobKind.WORKER_EMAIL,
-            unknown_need.need_id,
-            clock.now(),
-            payload={"about": "accepted"},
+            [
+                repo.Job(
+                    uuid4(),
+                    JobKind.WORKER_EMAIL,
+                    unknown_need.need_id,
+                    clock.now(),
+                    payload={"about": "accepted"},
+                )
+            ],
         )
 
     for _ in range(deps.settings.scheduler_max_attempts + 3):
@@ -224,13 +232,17 @@ async def test_a_failed_send_is_retried_later_with_backoff(
     contacts.refuse(need.need_id, "intake 409: not accepted yet", permanent=False)
     key = job_id(need.need_id, About.ACCEPTED)
     async with deps.pool.acquire() as conn:
-        await repo.schedule(
+        await repo.schedule_jobs(
             conn,
-            key,
-            JobKind.PERSON_MESSAGE,
-            need.need_id,
-            clock.now(),
-            payload={"about": "accepted", "agency_name": "A"},
+            [
+                repo.Job(
+                    key,
+                    JobKind.PERSON_MESSAGE,
+                    need.need_id,
+                    clock.now(),
+                    payload={"about": "accepted", "agency_name": "A"},
+                )
+            ],
         )
 
     assert await run_due_jobs(deps) == 1

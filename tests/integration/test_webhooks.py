@@ -40,6 +40,7 @@ from shared import db
 from shared.clock import ManualClock
 from shared.embedded import free_port
 from shared.infra import Infrastructure
+from shared.throttle import AddressThrottle
 from tests.integration.conftest import Received, Receiver
 
 pytestmark = pytest.mark.integration
@@ -404,7 +405,7 @@ class ApiDeps:  # what the agency API reads from the app's Deps
     # the API-key throttle's (tests/integration/test_brute_force.py tests it)
     settings: object = field(
         default_factory=lambda: SimpleNamespace(
-            api_key_window_s=900, api_key_max_failures_per_address=20
+            api_key_throttle=AddressThrottle("api_key_failures", 900, 20)
         )
     )
 
