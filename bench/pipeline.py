@@ -268,6 +268,8 @@ class IntakeBodies:
         postal_code = self.rng.choice(self.pairs[category])
         given = self.GIVEN[n % len(self.GIVEN)]
         family = f"Bench{self.tag}{n:07d}"
+        # Dated as sent, not when the generator was made: a run may cross midnight.
+        today = datetime.now(UTC).date()  # intake's LOCAL_TIMEZONE is UTC in the stack
         body = {
             "submission_id": str(UUID(int=self.rng.getrandbits(128), version=4)),
             "person": {
@@ -285,9 +287,9 @@ class IntakeBodies:
             "consent": {
                 "confirmed": True,
                 "recipients": "network",
-                "expires_on": (self.today + timedelta(days=90)).isoformat(),
+                "expires_on": (today + timedelta(days=90)).isoformat(),
                 "signature": f"{given} {family}",
-                "signed_on": self.today.isoformat(),
+                "signed_on": today.isoformat(),
             },
         }
         return json.dumps(body).encode()

@@ -326,6 +326,11 @@ async def test_only_a_stale_status_is_logged_not_matchings_echo_of_submitted(
 # --- the JSON API, in process ---------------------------------------------------------------
 
 
+# The API's clock stands still at the wall-clock time the module was loaded: the bodies below
+# are dated by it, so a run that crosses midnight still submits "today's" consent.
+API_NOW = datetime.now(UTC)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def api(
     intake_pool: asyncpg.Pool, worker: asyncpg.Record
@@ -339,7 +344,7 @@ async def api(
         pii_index_key="y" * 43 + "=",
         internal_api_token="t" * 32,
     )
-    app = create_app(settings, ManualClock(datetime.now(UTC)))
+    app = create_app(settings, ManualClock(API_NOW))
     app.state.pool = intake_pool  # the lifespan (Postgres, Kafka) is not run here
     app.state.probe.accepting = True
     token, digest = new_api_token()
@@ -354,7 +359,7 @@ async def api(
 async def test_the_api_answers_a_new_intake_as_reading_it_back_would(
     api: httpx.AsyncClient,
 ) -> None:
-    body = intake_request(datetime.now(UTC).date(), new_person=True)
+    body = intake_request(API_NOW.date(), new_person=True)
 
     created = await api.post("/api/v1/intakes", json=body)
 
@@ -370,7 +375,7 @@ async def test_the_api_answers_a_new_intake_as_reading_it_back_would(
 async def test_the_api_refuses_a_token_revoked_after_its_last_use_at_once(
     api: httpx.AsyncClient, intake_pool: asyncpg.Pool
 ) -> None:
-    today = datetime.now(UTC).date()
+    today = API_NOW.date()
     assert (
         await api.post("/api/v1/intakes", json=intake_request(today, new_person=True))
     ).is_success
@@ -389,7 +394,7 @@ async def test_a_revoked_token_cannot_learn_whether_details_fit_a_person_on_reco
 ) -> None:
     """Still remembered as valid, the token is refused before the person is compared: a 422
     ("that person's details differ") would tell whether a name and date of birth fit."""
-    today = datetime.now(UTC).date()
+    today = API_NOW.date()
     assert (
         await api.post("/api/v1/intakes", json=intake_request(today, new_person=True))
     ).is_success
