@@ -1,8 +1,8 @@
 """The bare web+database baseline of bench.pipeline: one FastAPI endpoint doing one asyncpg
 INSERT, served by uvicorn exactly as `refnet intake` serves intake (services/cli.py: one
 process, uvicorn.run with log_config=None, proxy_headers, the same JSON logging at the same
-LOG_LEVEL, so uvicorn's access log line per request too) with intake's pool
-(shared.db.create_pool, max_size 10).
+LOG_LEVEL, so uvicorn's access log line per request too, the same collector settings) with
+intake's pool (shared.db.create_pool, max_size 10).
 
 `POST /hits` takes a JSON object (the same intake body the benchmark sends intake), inserts
 its submission_id into bench_webdb.hits and answers 201 with the row's id. No validation,
@@ -62,11 +62,14 @@ def create_app(database_url: str) -> FastAPI:
 def main() -> None:
     import uvicorn
 
+    from services.cli import settle_heap
     from shared.logs import configure_logging
 
     configure_logging("bench-webdb", os.environ.get("LOG_LEVEL", "INFO"))
+    app = create_app(os.environ["DATABASE_URL"])
+    settle_heap()
     uvicorn.run(
-        create_app(os.environ["DATABASE_URL"]),
+        app,
         host="127.0.0.1",
         port=int(os.environ["HTTP_PORT"]),
         log_config=None,
