@@ -95,23 +95,36 @@ def machine() -> dict[str, Any]:
     }
 
 
-def git_describe() -> str:
-    """`git describe --always --dirty --tags` of the checkout, or why it is not known.
-    BENCH_GIT_DESCRIBE, when set, is used instead (a run from an exported tree)."""
+def git_describe(root: Path = ROOT) -> str:
+    """`git describe --always --tags` of the checkout, "-dirty" when a tracked file other
+    than the reports in docs/bench differs (a run over the last run's uncommitted reports is
+    still of the committed code), or why it is not known. BENCH_GIT_DESCRIBE, when set, is
+    used instead (a run from an exported tree)."""
     if "BENCH_GIT_DESCRIBE" in os.environ:
         return os.environ["BENCH_GIT_DESCRIBE"]
     try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--tags"],  # noqa: S607
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
+        described = _git(root, "describe", "--always", "--tags")
+        changed = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", REPORTS)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({type(exc).__name__})"
-    return done.stdout.strip() or f"unknown ({done.stderr.strip()[:80] or 'no output'})"
+    if described.returncode != 0 or not described.stdout.strip():
+        return f"unknown ({described.stderr.strip()[:80] or 'no output'})"
+    return described.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+
+
+# What a benchmark run rewrites: not a change to the code it measured.
+REPORTS = ":(exclude)docs/bench"
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - git with arguments of our own
+        ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
 
 
 def progress(line: str) -> None:

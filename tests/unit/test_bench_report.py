@@ -1,15 +1,17 @@
 """The pipeline benchmark's report writer and request bodies, on made-up figures: the files
-are valid JSON, markdown and SVG, and the intakes it sends are ones intake accepts. Nothing
-here measures or asserts on a timing."""
+are valid JSON, markdown and SVG, the intakes it sends are ones intake accepts, and a report
+names the code it measured. Nothing here measures or asserts on a timing."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import git_describe
 from bench.pipeline import IntakeBodies, _cdf, add_ratios
 from bench.report import write_report
 from services.intake.models import IntakeRequest, check_dates
@@ -170,3 +172,23 @@ def test_the_benchmark_sends_intakes_that_intake_accepts() -> None:
     assert len({body.submission_id for body in sent}) == 30
     assert len({(b.person.legal_given_name, b.person.legal_family_name) for b in sent}) == 30
     assert {body.needs[0].category.value for body in sent} == set(bodies.pairs)
+
+
+def test_a_report_calls_the_code_dirty_but_not_the_last_reports(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        identity = ("-c", "user.name=t", "-c", "user.email=t@example.org")
+        subprocess.run(["git", *identity, *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "docs" / "bench").mkdir(parents=True)
+    (tmp_path / "docs" / "bench" / "report.md").write_text("old figures\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "code and a report")
+    commit = git_describe(tmp_path)
+    assert "dirty" not in commit and "unknown" not in commit
+
+    (tmp_path / "docs" / "bench" / "report.md").write_text("new figures\n")
+    assert git_describe(tmp_path) == commit
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_describe(tmp_path) == f"{commit}-dirty"
