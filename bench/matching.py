@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import math
 import os
@@ -46,6 +47,7 @@ from bench.common import (
     process_cpu_seconds,
     produce_all,
 )
+from services.cli import settle_heap
 from services.local_stack import prepare
 from services.matching import repository as repo
 from services.matching.directory.admin import DEMO_PACKAGE
@@ -947,6 +949,10 @@ class Throughput:
 
 
 async def part2(infra: Infrastructure, run_dir: Path) -> Throughput:
+    # The bare loop and the in-process profile run here, as the service runs in its own
+    # process: with its collector settings, and without part 1's leftovers to walk.
+    gc.collect()
+    settle_heap()
     rng = random.Random(f"{SEED}-throughput")
     bootstrap = infra.kafka_bootstrap_servers
     records = demo_need_records(rng, THROUGHPUT_NEEDS)
