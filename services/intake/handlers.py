@@ -376,7 +376,7 @@ async def on_events(pool: asyncpg.Pool, deliveries: Sequence[Delivery]) -> None:
     changes in a row go to the database together, in one round trip."""
     async with pool.acquire() as conn, _transaction(conn, deliveries):
         for run in _runs_of_status_changes(deliveries):
-            if len(run) > 1:
+            if isinstance(run[0].envelope.event, ReferralStatusChanged):
                 await record_referral_statuses(conn, run)
                 continue
             with run[0].context():
