@@ -112,6 +112,7 @@ class ServiceSpec:
     counties: tuple[str, ...] = ()
     radius_km: float | None = None
     location: tuple[float, float] | None = (45.5152, -122.6784)
+    more_locations: tuple[tuple[float, float], ...] = ()
     languages: tuple[str, ...] = ("en",)
     minimum_age: int | None = None
     maximum_age: int | None = None
@@ -165,12 +166,13 @@ def _service_rows(agency_id: str, spec: ServiceSpec) -> list[tuple[str, Any]]:
         ),
         ("attribute", _attribute(sid, "category", spec.category.value, spec.category.value)),
     ]
-    if spec.location is not None:
-        lat, lon = spec.location
-        rows.append(("location", hsds.Location(id=f"loc-{sid}", organization_id=agency_id,
+    points = ([spec.location] if spec.location is not None else []) + list(spec.more_locations)
+    for n, (lat, lon) in enumerate(points):
+        at = f"{sid}-{n}" if n else sid
+        rows.append(("location", hsds.Location(id=f"loc-{at}", organization_id=agency_id,
                                                latitude=lat, longitude=lon)))  # fmt: skip
         rows.append(("service_at_location", hsds.ServiceAtLocation(
-            id=f"sal-{sid}", service_id=sid, location_id=f"loc-{sid}")))  # fmt: skip
+            id=f"sal-{at}", service_id=sid, location_id=f"loc-{at}")))  # fmt: skip
     areas = [("postal_code", z) for z in spec.zips] + [("county", c) for c in spec.counties]
     if spec.radius_km is not None:
         areas.append(("radius_km", f"{spec.radius_km:g}"))

@@ -46,28 +46,36 @@ async def apply_profile(conn: asyncpg.Connection, profile: AgencyProfile) -> boo
     )
     await conn.execute("DELETE FROM match_services WHERE agency_id = $1", profile.agency_id)
     facts = service_facts(profile)
-    await conn.executemany(_INSERT_SERVICE, [_service_row(f) for f in facts])
+    name = profile.organization.name
+    await conn.executemany(_INSERT_SERVICE, [_service_row(f, name) for f in facts])
     await conn.executemany(
         "INSERT INTO service_coverage (kind, area, category, service_id) "
         "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         [row for f in facts for row in _coverage_rows(f)],
+    )
+    await conn.executemany(
+        "INSERT INTO service_reach (cell, category, service_id, location, latitude, longitude, "
+        "radius_km) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [row for f in facts for row in _reach_rows(f)],
     )
     await _rebase_capacity(conn, facts)
     return True
 
 
 _INSERT_SERVICE = (
-    "INSERT INTO match_services (service_id, agency_id, name, category, minimum_age, "
-    "maximum_age, gender, mat_friendly, insurance, languages, capacity_status, available, "
-    "capacity_as_of, postal_codes, counties, radius_km, locations, schedule) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    "INSERT INTO match_services (service_id, agency_id, agency_name, name, category, "
+    "minimum_age, maximum_age, gender, mat_friendly, insurance, languages, capacity_status, "
+    "available, capacity_as_of, postal_codes, counties, radius_km, locations, schedule) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
+    "$19)"
 )
 
 
-def _service_row(f: ServiceFacts) -> tuple[Any, ...]:
+def _service_row(f: ServiceFacts, agency_name: str) -> tuple[Any, ...]:
     return (
         f.service_id,
         f.agency_id,
+        agency_name,
         f.name,
         f.category.value,
         f.minimum_age,
@@ -90,10 +98,19 @@ def _service_row(f: ServiceFacts) -> tuple[Any, ...]:
 def _coverage_rows(f: ServiceFacts) -> list[tuple[str, str, str, str]]:
     areas = [("postal_code", code) for code in f.postal_codes]
     areas += [("county", county) for county in f.counties]
-    if f.radius_km is not None:
-        cells = {c for point in f.locations for c in cells_within(point, f.radius_km)}
-        areas += [("cell", cell) for cell in sorted(cells)]
     return [(kind, area, f.category.value, f.service_id) for kind, area in areas]
+
+
+def _reach_rows(f: ServiceFacts) -> list[tuple[Any, ...]]:
+    """One row per location and grid cell its circle touches: the lookup by the need's
+    cell then decides the distance without fetching the service."""
+    if f.radius_km is None:
+        return []
+    return [
+        (cell, f.category.value, f.service_id, i, lat, lon, f.radius_km)
+        for i, (lat, lon) in enumerate(f.locations)
+        for cell in sorted(cells_within((lat, lon), f.radius_km))
+    ]
 
 
 async def _rebase_capacity(conn: asyncpg.Connection, facts: list[ServiceFacts]) -> None:
@@ -140,15 +157,16 @@ async def candidate_services(conn: asyncpg.Connection, area: Area) -> list[Servi
     """The services of the area's category whose area reaches it: found by ZIP, county or
     grid cell, each an index lookup, so the cost follows the services near the person, not
     the directory's size; a cell's radius services then by their distance."""
+    reaches = _reaches("$1", "$2", "$3", "$4", "$5", "$6", "$7")
     rows = await conn.fetch(
-        "SELECT s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
-        "coalesce(c.consumed, 0) AS consumed FROM match_services s "
-        "JOIN agency_profiles p USING (agency_id) "
-        "LEFT JOIN capacity_counters c USING (service_id) "
-        "WHERE " + _reaches("$1", "$2", "$3", "$4", "$5", "$6", "$7"),
+        f"SELECT s.*, {_PLACES_HELD} FROM match_services s {_COUNTERS} WHERE {reaches}",
         *_area_params(area),
     )
     return [_service_view(r) for r in rows]
+
+
+_COUNTERS = "LEFT JOIN capacity_counters c USING (service_id)"
+_PLACES_HELD = "coalesce(c.reserved, 0) AS reserved, coalesce(c.consumed, 0) AS consumed"
 
 
 async def candidate_services_by_area(
@@ -157,18 +175,17 @@ async def candidate_services_by_area(
     """``candidate_services`` for each of several areas, in one query."""
     if len(areas) == 1:  # its own plan is cheaper than the general one's
         return [await candidate_services(conn, areas[0])]
+    asked = (
+        "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::float8[], "
+        "$7::bool[]) WITH ORDINALITY AS q(category, postal_code, county, cell, lat, lon, "
+        "located, i)"
+    )
+    reaches = _reaches(
+        "q.category", "q.postal_code", "q.county", "q.cell", "q.lat", "q.lon", "q.located"
+    )
     rows = await conn.fetch(
-        "SELECT q.i, s.*, p.name AS agency_name, coalesce(c.reserved, 0) AS reserved, "
-        "coalesce(c.consumed, 0) AS consumed "
-        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], "
-        "$6::float8[], $7::bool[]) WITH ORDINALITY "
-        "AS q(category, postal_code, county, cell, lat, lon, located, i) "
-        "CROSS JOIN LATERAL (SELECT * FROM match_services s WHERE "
-        + _reaches(
-            "q.category", "q.postal_code", "q.county", "q.cell", "q.lat", "q.lon", "q.located"
-        )  # fmt: skip
-        + ") s JOIN agency_profiles p USING (agency_id) "
-        "LEFT JOIN capacity_counters c USING (service_id)",
+        f"SELECT q.i, s.*, {_PLACES_HELD} FROM {asked} CROSS JOIN LATERAL "
+        f"(SELECT * FROM match_services s WHERE {reaches}) s {_COUNTERS}",
         *(list(column) for column in zip(*(_area_params(a) for a in areas), strict=True)),
     )
     found: list[list[ServiceView]] = [[] for _ in areas]
@@ -187,21 +204,21 @@ def _area_params(area: Area) -> tuple[Any, ...]:
 def _reaches(
     category: str, postal_code: str, county: str, cell: str, lat: str, lon: str, located: str
 ) -> str:
-    """The SQL condition on service ``s`` for an area given as these SQL expressions."""
-    # Kilometres from (lat, lon) to the location xy = [latitude, longitude]
-    # (geo.haversine_km).
+    """The SQL condition on service ``s`` for an area given as these SQL expressions: its
+    ZIP code or county is among the service's, or the service's circle reaches the area's
+    point (a lookup by the point's grid cell, then the distance to each location there)."""
+    # Kilometres from (lat, lon) to (latitude, longitude): geo.haversine_km.
     haversine_km = (
-        f"2 * 6371 * asin(sqrt(power(sin(radians((xy ->> 0)::float8 - {lat}) / 2), 2) "
-        f"+ cos(radians({lat})) * cos(radians((xy ->> 0)::float8)) "
-        f"* power(sin(radians((xy ->> 1)::float8 - {lon}) / 2), 2)))"
+        f"2 * 6371 * asin(sqrt(power(sin(radians(latitude - {lat}) / 2), 2) "
+        f"+ cos(radians({lat})) * cos(radians(latitude)) "
+        f"* power(sin(radians(longitude - {lon}) / 2), 2)))"
     )
     return (
         f"s.service_id IN (SELECT service_id FROM service_coverage WHERE category = {category} "
         f"AND ((kind = 'postal_code' AND area = {postal_code}) "
-        f"OR (kind = 'county' AND area = {county}) OR (kind = 'cell' AND area = {cell}))) "
-        f"AND ({postal_code} = ANY(s.postal_codes) OR {county} = ANY(s.counties) "
-        f"OR ({located} AND EXISTS (SELECT 1 FROM jsonb_array_elements(s.locations) AS l(xy) "
-        f"WHERE {haversine_km} <= s.radius_km)))"
+        f"OR (kind = 'county' AND area = {county})) "
+        f"UNION ALL SELECT service_id FROM service_reach WHERE {located} AND cell = {cell} "
+        f"AND category = {category} AND {haversine_km} <= radius_km)"
     )
 
 
