@@ -214,9 +214,10 @@ def _reaches(
         f"* power(sin(radians(longitude - {lon}) / 2), 2)))"
     )
     return (
-        f"s.service_id IN (SELECT service_id FROM service_coverage WHERE category = {category} "
-        f"AND ((kind = 'postal_code' AND area = {postal_code}) "
-        f"OR (kind = 'county' AND area = {county})) "
+        f"s.service_id IN (SELECT service_id FROM service_coverage WHERE kind = 'postal_code' "
+        f"AND area = {postal_code} AND category = {category} "
+        f"UNION ALL SELECT service_id FROM service_coverage WHERE kind = 'county' "
+        f"AND area = {county} AND category = {category} "
         f"UNION ALL SELECT service_id FROM service_reach WHERE {located} AND cell = {cell} "
         f"AND category = {category} AND {haversine_km} <= radius_km)"
     )
