@@ -75,6 +75,13 @@ OUTBOX_BACKLOG = Gauge(
     "Outbox rows not yet published to Kafka (measured at each scrape).",
     ["service"],
 )
+OUTBOX_REJECTED = Counter(
+    "refnet_outbox_rejected",
+    "Outbox rows the relay set aside because the broker can never take them (larger than "
+    "the producer may send, say); each is logged with its reason and kept in the outbox "
+    "with rejected_at set. Any at all is a bug to look into.",
+    ["service"],
+)
 CONSUMER_LAG = Gauge(
     "refnet_consumer_lag",
     "Records on the service's assigned partitions not yet processed and committed, per "

@@ -19,9 +19,17 @@ from uuid import UUID, uuid4
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
-from shared import tracing
+from shared import metrics, tracing
 from shared.clock import Clock
 from shared.cloudevents import encode
 from shared.db import connect
@@ -32,6 +40,19 @@ from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
+# What the producer raises for a record itself, before it is queued, and would raise again
+# however often it was tried: such a row is set aside, not retried. Errors that the broker
+# returns for a whole batch are retried as ever, since they may belong to another record
+# of the batch; keeping the producer's max_request_size below the broker's message.max.bytes
+# (as the defaults are) means an oversized record is caught here, on its own.
+_NEVER_PUBLISHABLE = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
 # Topics keyed by need_id (the agency offer topics are too), so a row's key names its need.
 _NEED_KEYED = frozenset(spec.name for spec in PLATFORM_TOPICS if spec.key_field == "need_id")
 
@@ -125,11 +146,16 @@ async def backlog(conn: asyncpg.Connection, *, through: int | None = None) -> in
     a caller waiting for its own rows is not kept waiting by ones added since."""
     return int(
         await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL "
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND rejected_at IS NULL "
             "AND ($1::bigint IS NULL OR id <= $1)",
             through,
         )
     )
+
+
+async def rejected(conn: asyncpg.Connection) -> int:
+    """Rows the relay set aside because the broker can never take them."""
+    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE rejected_at IS NOT NULL"))
 
 
 async def last_row_id(conn: asyncpg.Connection) -> int:
@@ -255,19 +281,48 @@ class OutboxRelay:
     async def _publish(self, conn: asyncpg.Connection) -> int:
         rows = await conn.fetch(
             "SELECT id, event_id, topic, key, headers, value FROM outbox "
-            "WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            "WHERE published_at IS NULL AND rejected_at IS NULL ORDER BY id LIMIT $1",
             BATCH_SIZE,
         )
         if not rows:
             return 0
-        sends = [await self._send(row) for row in rows]
-        await asyncio.gather(*sends)
+        sent: list[int] = []
+        acks: list[asyncio.Future[Any]] = []
+        set_aside: dict[int, str] = {}
+        for row in rows:
+            try:
+                acks.append(await self._send(row))
+            except _NEVER_PUBLISHABLE as exc:
+                set_aside[row["id"]] = self._set_aside(row, exc)
+            else:
+                sent.append(row["id"])
+        if set_aside:
+            await conn.execute(
+                "UPDATE outbox SET rejected_at = now(), rejection = r.reason "
+                "FROM unnest($1::bigint[], $2::text[]) AS r(id, reason) WHERE outbox.id = r.id",
+                list(set_aside),
+                list(set_aside.values()),
+            )
+        await asyncio.gather(*acks)
         await conn.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-            [row["id"] for row in rows],
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", sent
         )
-        log.debug("outbox %s published %d", self._schema, len(rows))
+        log.debug("outbox %s published %d", self._schema, len(sent))
         return len(rows)
+
+    def _set_aside(self, row: asyncpg.Record, exc: KafkaError) -> str:
+        reason = f"{type(exc).__name__}: {exc}"
+        size = len(row["value"] or b"")
+        with log_context(event_id=row["event_id"], topic=row["topic"]):
+            log.error(
+                "outbox relay for %s set aside event %s for %s (%d bytes): the broker can never "
+                "take it (%s). The rows behind it are published; it stays in %s.outbox with "
+                "rejected_at and the reason. Fix what produced it; it is sent again once "
+                "rejected_at and rejection are set back to NULL",
+                self._schema, row["event_id"], row["topic"], size, reason, self._schema,
+            )  # fmt: skip
+        metrics.record(metrics.OUTBOX_REJECTED.labels(self._schema).inc)
+        return reason
 
     async def _send(self, row: asyncpg.Record) -> asyncio.Future[Any]:
         """Queue one row for the broker; its traceparent is among the stored headers."""

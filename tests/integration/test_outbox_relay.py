@@ -17,7 +17,13 @@ from aiokafka import AIOKafkaProducer
 from shared import outbox
 from shared.clock import ManualClock
 from shared.cloudevents import decode
-from shared.events import OfferAccepted
+from shared.events import (
+    Event,
+    ExcludedAgency,
+    OfferAccepted,
+    ReferralStatus,
+    ReferralStatusChanged,
+)
 from shared.infra import Infrastructure
 from shared.kafka import ensure_topics, make_producer
 from shared.settings import BaseServiceSettings
@@ -63,7 +69,9 @@ class Relays:
 
 @contextlib.asynccontextmanager
 async def relays(infra: Infrastructure) -> AsyncIterator[Relays]:
-    spec = TopicSpec(f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted,))
+    spec = TopicSpec(
+        f"test.outbox.{uuid4().hex[:8]}", "need_id", (OfferAccepted, ReferralStatusChanged)
+    )
     await ensure_topics(infra.kafka_bootstrap_servers, [spec.name], partitions=1)
     schema, pool = await fresh_schema(infra, "matching")
     settings = BaseServiceSettings(
@@ -82,7 +90,7 @@ async def relays(infra: Infrastructure) -> AsyncIterator[Relays]:
         await pool.close()
 
 
-async def enqueue(pool: asyncpg.Pool, spec: TopicSpec, events: list[OfferAccepted]) -> None:
+async def enqueue(pool: asyncpg.Pool, spec: TopicSpec, events: list[Event]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         for event in events:
             await outbox.enqueue(conn, spec, event, source="/tests", clock=CLOCK)
@@ -231,3 +239,66 @@ async def test_a_relay_that_cannot_reach_the_broker_gives_the_lock_to_one_that_c
         f"publishing failed {outbox.BROKER_FAILURES_BEFORE_RELEASE} times in a row" in released[0]
     )
     assert "ProducerClosed" in released[0]
+
+
+def unmatched_among_many(need_id: object, services: int) -> ReferralStatusChanged:
+    """An unmatched need that lists every service it considered and why it was left out."""
+    return ReferralStatusChanged(
+        need_id=need_id,
+        status=ReferralStatus.UNMATCHED,
+        sequence=2,
+        occurred_at=CLOCK.now(),
+        reason="no eligible agency left",
+        excluded=tuple(
+            ExcludedAgency(
+                agency_id=f"ag-{i:05d}", service_id=f"svc-{i:05d}", reason="reports no capacity"
+            )
+            for i in range(services)
+        ),
+    )
+
+
+async def test_an_event_the_broker_can_never_take_is_set_aside_and_the_rest_go_out(
+    infra: Infrastructure, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row larger than the producer may send (its max_request_size, or a broker's limit,
+    set below what the event contract allows) fails the same way however often it is tried:
+    it is set aside with the reason, and the rows behind it, which used to wait for it for
+    good, are published; the relay keeps its lock."""
+    need_id = uuid4()
+    before, after = [an_acceptance(need_id)], [an_acceptance(uuid4()) for _ in range(3)]
+    too_large = unmatched_among_many(need_id, 500)
+    caplog.set_level(logging.WARNING, logger=outbox.__name__)
+    async with relays(infra) as r:
+        small = AIOKafkaProducer(
+            bootstrap_servers=infra.kafka_bootstrap_servers, acks="all", max_request_size=16_384
+        )
+        await small.start()
+        try:
+            await enqueue(r.pool, r.spec, [*before, too_large, *after])
+            r.start(producer=small)
+
+            await eventually(lambda: drained(r.pool), "the rows behind the large one relayed")
+            async with r.pool.acquire() as conn:
+                set_aside = await conn.fetch(
+                    "SELECT headers, value, rejection, published_at FROM outbox "
+                    "WHERE rejected_at IS NOT NULL"
+                )
+                assert await outbox.rejected(conn) == 1
+            assert await lock_holder(r.pool, r.schema, relays=1), "the relay keeps the lock"
+        finally:
+            for task in r.tasks:
+                task.cancel()
+            await asyncio.gather(*r.tasks, return_exceptions=True)
+            await small.stop()
+
+    assert await published(infra, r.spec) == [*before, *after]
+    (row,) = set_aside
+    assert row["published_at"] is None
+    headers = [(name, raw.encode()) for name, raw in row["headers"]]
+    assert decode(r.spec, str(need_id).encode(), bytes(row["value"]), headers).event == too_large
+    assert "MessageSizeTooLargeError" in row["rejection"]
+    (logged,) = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    message = logged.getMessage()
+    assert r.spec.name in message and "MessageSizeTooLargeError" in message
+    assert "released its lock" not in caplog.text
