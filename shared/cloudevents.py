@@ -31,6 +31,11 @@ class PoisonMessage(Exception):
     """The record can never be processed as it is; it belongs in the DLQ with this reason."""
 
 
+class EventTooLarge(ValueError):
+    """An event larger than every reader accepts (MAX_VALUE_BYTES): refused when it is made,
+    where the writer can say what made it so, instead of dead-lettered by each reader."""
+
+
 @dataclass(frozen=True)
 class Envelope:
     id: str
@@ -62,7 +67,13 @@ def encode(
         ("content-type", CONTENT_TYPE.encode()),
         (tracing.HEADER, (traceparent or tracing.outgoing(f"{event.ce_type} send")).encode()),
     ]
-    return headers, event.model_dump_json().encode()
+    value = event.model_dump_json().encode()
+    if len(value) > MAX_VALUE_BYTES:
+        raise EventTooLarge(
+            f"{type(event).__name__} of {len(value):,} bytes is over the {MAX_VALUE_BYTES:,} "
+            "bytes every reader accepts; no reader could take it"
+        )
+    return headers, value
 
 
 def decode(

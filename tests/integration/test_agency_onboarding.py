@@ -303,6 +303,29 @@ async def test_an_agency_that_would_clash_with_another_is_refused_whole(
     assert await outbox_profiles(matching_pool, agency_id) == 0
 
 
+async def test_an_agency_whose_profile_no_reader_could_take_is_refused_saying_so(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    """A statewide organization listing every ZIP code it serves, in two categories, makes
+    a profile over the size readers accept: matching's own consumer would dead-letter it and
+    the agency would never be offered a need. It is refused when added instead, by name."""
+    before = await given_the_demo_directory(matching_pool)
+    agency_id = new_agency_id()
+    statewide = [f"{90000 + i:05d}" for i in range(1_500)]
+    package = admin.package_from_fields(fields(agency_id, postal_codes=statewide))
+
+    with pytest.raises(PackageInvalid) as refused:
+        async with matching_pool.acquire() as conn, conn.transaction():
+            await owner.add_agency(conn, package, CLOCK)
+
+    (problem,) = refused.value.problems
+    assert problem.startswith(f"organization {agency_id!r}: AgencyProfile of ")
+    assert "over the 262,144 bytes every reader accepts" in problem
+    assert "split its services" in problem
+    assert await directory(matching_pool) == before
+    assert await outbox_profiles(matching_pool, agency_id) == 0
+
+
 def test_fields_that_cannot_make_a_matchable_agency_are_named() -> None:
     with pytest.raises(PackageInvalid) as refused:
         admin.package_from_fields(

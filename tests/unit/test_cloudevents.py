@@ -5,9 +5,15 @@ from uuid import uuid4
 
 import pytest
 
-from shared.cloudevents import MAX_VALUE_BYTES, PoisonMessage, decode, encode
-from shared.events import NeedCategory, NeedSubmitted
-from shared.topics import NEEDS, OFFER_RESPONSES
+from shared.cloudevents import MAX_VALUE_BYTES, EventTooLarge, PoisonMessage, decode, encode
+from shared.events import (
+    ExcludedAgency,
+    NeedCategory,
+    NeedSubmitted,
+    ReferralStatus,
+    ReferralStatusChanged,
+)
+from shared.topics import NEEDS, OFFER_RESPONSES, REFERRAL_EVENTS
 from tests.factories import need_submitted
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -89,3 +95,29 @@ def test_an_event_on_the_wrong_topic_is_poison() -> None:
     key, value, headers = encoded(a_need())
     with pytest.raises(PoisonMessage, match="not carried by refnet.offer-responses.v1"):
         decode(OFFER_RESPONSES, key, value, headers)
+
+
+def unmatched(exclusions: int) -> ReferralStatusChanged:
+    return ReferralStatusChanged(
+        need_id=uuid4(),
+        status=ReferralStatus.UNMATCHED,
+        sequence=2,
+        occurred_at=NOW,
+        reason="no eligible agency left",
+        excluded=tuple(
+            ExcludedAgency(agency_id=f"ag-{i:05d}", service_id=f"svc-{i:05d}", reason="full")
+            for i in range(exclusions)
+        ),
+    )
+
+
+def test_a_writer_cannot_make_an_event_larger_than_its_readers_accept() -> None:
+    """Readers dead-letter a value over MAX_VALUE_BYTES, so the writer refuses to make one,
+    saying which event and how large, instead of every reader finding out on its own."""
+    with pytest.raises(EventTooLarge, match=r"ReferralStatusChanged of [\d,]+ bytes is over"):
+        encode(unmatched(5_000), event_id=uuid4(), source="/tests", time=NOW)
+
+    largest = unmatched(3_000)
+    headers, value = encode(largest, event_id=uuid4(), source="/tests", time=NOW)
+    assert MAX_VALUE_BYTES / 2 < len(value) <= MAX_VALUE_BYTES
+    assert decode(REFERRAL_EVENTS, str(largest.need_id).encode(), value, headers).event == largest

@@ -23,7 +23,7 @@ from services.matching.directory.package import (
 )
 from shared import outbox
 from shared.clock import Clock
-from shared.cloudevents import PoisonMessage
+from shared.cloudevents import EventTooLarge, PoisonMessage
 from shared.events import CapacityUpdated
 from shared.hsds import (
     TABLES,
@@ -379,8 +379,17 @@ async def _publish(
         r["agency_id"]: r["digest"] for r in await conn.fetch("SELECT * FROM directory_published")
     }
     changed = [p for p in new if known.get(p.agency_id) != _digest(p)]
+    too_large = []
     for profile in changed:
-        await outbox.enqueue(conn, AGENCIES, profile, source=SOURCE, clock=clock)
+        try:
+            await outbox.enqueue(conn, AGENCIES, profile, source=SOURCE, clock=clock)
+        except EventTooLarge as exc:
+            too_large.append(
+                f"organization {profile.agency_id!r}: {exc}; split its services between "
+                "several organizations, or list counties or a radius instead of many ZIP codes"
+            )
+    if too_large:
+        raise PackageInvalid(too_large)
     await conn.executemany(
         "INSERT INTO directory_published (agency_id, revision, digest) VALUES ($1, $2, $3) "
         "ON CONFLICT (agency_id) DO UPDATE SET revision = $2, digest = $3",
