@@ -97,6 +97,12 @@ HELD_BY_AGENCY = (
 # States in which an agency took the person on through its accepted offer: the only ones an
 # outcome can close.
 TAKEN_ON = (ReferralStatus.ACCEPTED, ReferralStatus.IN_PROGRESS, ReferralStatus.ON_HOLD)
+# An unmatched need lists the services it considered and why each was left out, but no
+# more than this many: with the longest ids and reasons the event stays well inside the
+# size every reader accepts (cloudevents.MAX_VALUE_BYTES), where a county served by
+# thousands of full services would otherwise make an event no reader could take. The
+# reason says how many more there were.
+MAX_LISTED_EXCLUSIONS = 500
 
 
 @dataclass(frozen=True)
@@ -399,7 +405,8 @@ async def _offer_next(step: Step, deps: Deps, ref: dict[str, Any]) -> None:
     if not ranking.candidates or slots <= 0:
         await _emit_status(
             step, deps, ref, ReferralStatus.UNMATCHED,
-            reason=_unmatched_reason(ref, need, ranking), excluded=tuple(ranking.excluded),
+            reason=_unmatched_reason(ref, need, ranking),
+            excluded=tuple(ranking.excluded[:MAX_LISTED_EXCLUSIONS]),
         )  # fmt: skip
         return
     respond_by = now + deadline(deps.settings, need.urgency)
@@ -444,12 +451,14 @@ def need_view(deps: Deps, ref: dict[str, Any]) -> NeedView:
 
 
 def _unmatched_reason(ref: dict[str, Any], need: NeedView, ranking: Ranking) -> str:
+    unlisted = len(ranking.excluded) - MAX_LISTED_EXCLUSIONS
+    more = f" ({unlisted:,} more services left out are not listed)" if unlisted > 0 else ""
     if ranking.candidates:
-        return f"{ref['attempt']} offers made, none accepted"
+        return f"{ref['attempt']} offers made, none accepted{more}"
     if not ranking.excluded:
         where = f"ZIP {need.postal_code}" + (f" or {need.county} County" if need.county else "")
         return f"no agency in the directory offers {need.category.label} in {where}"
-    return "no eligible agency left"
+    return f"no eligible agency left{more}"
 
 
 def _new_offer(

@@ -17,6 +17,7 @@ import pytest_asyncio
 from services.matching import repository as repo
 from services.matching.geo import load_centroids
 from services.matching.handlers import (
+    MAX_LISTED_EXCLUSIONS,
     Deps,
     handle_agency_profile,
     handle_agency_removed,
@@ -266,6 +267,40 @@ async def test_a_need_no_agency_serves_is_unmatched_at_once_saying_so(deps: Deps
     assert [p["reason"] for t, p in events if p.get("status") == "unmatched"] == [
         "no agency in the directory offers Child care in ZIP 97214 or Multnomah County"
     ]
+
+
+async def test_an_unmatched_need_lists_a_bounded_number_of_exclusions_and_counts_the_rest(
+    deps: Deps,
+) -> None:
+    """Where more full services reach a need than an event can list, the unmatched event
+    lists the first MAX_LISTED_EXCLUSIONS and its reason counts the others, rather than
+    growing past what readers accept and being refused."""
+    full = MAX_LISTED_EXCLUSIONS + 20
+    await given_a_directory(
+        deps.pool,
+        *(
+            agency_profile(
+                f"ag-full-{i:04d}",
+                ServiceSpec(
+                    f"svc-full-{i:04d}", NeedCategory.HOUSING, capacity_status="no-capacity"
+                ),
+            )
+            for i in range(full)
+        ),
+    )
+    need = a_need(NeedCategory.HOUSING)
+
+    await handle_need_submitted(deps, envelope(need))
+
+    events = await emitted(deps.pool, need.need_id)
+    assert statuses(events) == ["submitted", "unmatched"]
+    (unmatched,) = [p for t, p in events if p.get("status") == "unmatched"]
+    assert (
+        unmatched["reason"] == "no eligible agency left (20 more services left out are not listed)"
+    )
+    listed = [e["agency_id"] for e in unmatched["excluded"]]
+    assert listed == [f"ag-full-{i:04d}" for i in range(MAX_LISTED_EXCLUSIONS)]
+    assert {e["reason"] for e in unmatched["excluded"]} == {"reports no capacity"}
 
 
 async def test_an_urgent_need_fans_out_and_the_first_acceptance_wins(deps: Deps) -> None:
