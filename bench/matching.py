@@ -715,7 +715,8 @@ class MatchingRun:
 async def _progress(conn: asyncpg.Connection) -> tuple[int, int]:
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM referrals WHERE status <> 'submitted') AS decided, "
-        "(SELECT count(*) FROM outbox WHERE published_at IS NULL) AS backlog"
+        "(SELECT count(*) FROM outbox WHERE published_at IS NULL AND rejected_at IS NULL) "
+        "AS backlog"
     )
     assert row is not None
     return int(row["decided"]), int(row["backlog"])

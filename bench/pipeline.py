@@ -735,7 +735,9 @@ async def drain_intake_outbox(database_url: str, limit_s: float) -> int:
         deadline = time.perf_counter() + limit_s
         while True:
             left = int(
-                await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                await conn.fetchval(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL AND rejected_at IS NULL"
+                )
             )
             if not left or time.perf_counter() >= deadline:
                 return left

@@ -19,15 +19,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    CorruptRecordException,
-    InvalidTimestampError,
-    InvalidTopicError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-)
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from shared import metrics, tracing
 from shared.clock import Clock
@@ -40,19 +32,13 @@ from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
-# What the producer raises for a record itself, before it is queued, and would raise again
-# however often it was tried: such a row is set aside, not retried. Errors that the broker
-# returns for a whole batch are retried as ever, since they may belong to another record
-# of the batch; keeping the producer's max_request_size below the broker's message.max.bytes
-# (as the defaults are) means an oversized record is caught here, on its own.
-_NEVER_PUBLISHABLE = (
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    InvalidTopicError,
-    CorruptRecordException,
-    InvalidTimestampError,
-)
+# What the producer raises for a record itself, before queueing it, and would raise again
+# however often it was tried (the record is larger than max_request_size): such a row is set
+# aside, not retried. Errors that come back on a send's future (a broker's MESSAGE_TOO_LARGE
+# for a batch, say) still take the retry path, since they may belong to another record of
+# the batch. Keeping the producer's limit at or below the broker's message.max.bytes (as
+# the defaults are) makes the producer the one to refuse an oversized record, on its own.
+_NEVER_PUBLISHABLE = MessageSizeTooLargeError
 # Topics keyed by need_id (the agency offer topics are too), so a row's key names its need.
 _NEED_KEYED = frozenset(spec.name for spec in PLATFORM_TOPICS if spec.key_field == "need_id")
 
@@ -288,21 +274,23 @@ class OutboxRelay:
             return 0
         sent: list[int] = []
         acks: list[asyncio.Future[Any]] = []
-        set_aside: dict[int, str] = {}
+        set_aside: list[tuple[asyncpg.Record, str]] = []
         for row in rows:
             try:
                 acks.append(await self._send(row))
             except _NEVER_PUBLISHABLE as exc:
-                set_aside[row["id"]] = self._set_aside(row, exc)
+                set_aside.append((row, f"{type(exc).__name__}: {exc}"))
             else:
                 sent.append(row["id"])
         if set_aside:
             await conn.execute(
                 "UPDATE outbox SET rejected_at = now(), rejection = r.reason "
                 "FROM unnest($1::bigint[], $2::text[]) AS r(id, reason) WHERE outbox.id = r.id",
-                list(set_aside),
-                list(set_aside.values()),
+                [row["id"] for row, _ in set_aside],
+                [reason for _, reason in set_aside],
             )
+            for row, reason in set_aside:
+                self._report_set_aside(row, reason)
         await asyncio.gather(*acks)
         await conn.execute(
             "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", sent
@@ -310,19 +298,17 @@ class OutboxRelay:
         log.debug("outbox %s published %d", self._schema, len(sent))
         return len(rows)
 
-    def _set_aside(self, row: asyncpg.Record, exc: KafkaError) -> str:
-        reason = f"{type(exc).__name__}: {exc}"
-        size = len(row["value"] or b"")
+    def _report_set_aside(self, row: asyncpg.Record, reason: str) -> None:
         with log_context(event_id=row["event_id"], topic=row["topic"]):
             log.error(
                 "outbox relay for %s set aside event %s for %s (%d bytes): the broker can never "
                 "take it (%s). The rows behind it are published; it stays in %s.outbox with "
-                "rejected_at and the reason. Fix what produced it; it is sent again once "
-                "rejected_at and rejection are set back to NULL",
-                self._schema, row["event_id"], row["topic"], size, reason, self._schema,
+                "rejected_at and the reason (docs/runbook.md, 'Events the broker would not "
+                "take', says what to do)",
+                self._schema, row["event_id"], row["topic"], len(row["value"] or b""), reason,
+                self._schema,
             )  # fmt: skip
         metrics.record(metrics.OUTBOX_REJECTED.labels(self._schema).inc)
-        return reason
 
     async def _send(self, row: asyncpg.Record) -> asyncio.Future[Any]:
         """Queue one row for the broker; its traceparent is among the stored headers."""

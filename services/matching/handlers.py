@@ -36,7 +36,7 @@ from services.matching.settings import MatchingSettings
 from services.matching.step import Step
 from shared import metrics
 from shared.clock import Clock
-from shared.cloudevents import Envelope, PoisonMessage
+from shared.cloudevents import MAX_VALUE_BYTES, Envelope, PoisonMessage
 from shared.events import (
     CANCELLED_CONSENT_REVOKED,
     AcceptanceRefused,
@@ -46,6 +46,7 @@ from shared.events import (
     Constraints,
     DeclineReason,
     Event,
+    ExcludedAgency,
     Gender,
     NeedCategory,
     NeedSubmitted,
@@ -98,11 +99,11 @@ HELD_BY_AGENCY = (
 # outcome can close.
 TAKEN_ON = (ReferralStatus.ACCEPTED, ReferralStatus.IN_PROGRESS, ReferralStatus.ON_HOLD)
 # An unmatched need lists the services it considered and why each was left out, but no
-# more than this many: with the longest ids and reasons the event stays well inside the
-# size every reader accepts (cloudevents.MAX_VALUE_BYTES), where a county served by
-# thousands of full services would otherwise make an event no reader could take. The
-# reason says how many more there were.
+# more than this many, in no more than half the size every reader accepts
+# (cloudevents.MAX_VALUE_BYTES): a county served by thousands of full services would
+# otherwise make an event no reader could take. The reason says how many more there were.
 MAX_LISTED_EXCLUSIONS = 500
+_EXCLUSIONS_BUDGET_BYTES = MAX_VALUE_BYTES // 2
 
 
 @dataclass(frozen=True)
@@ -403,10 +404,10 @@ async def _offer_next(step: Step, deps: Deps, ref: dict[str, Any]) -> None:
     fanout = deps.settings.urgent_fanout if need.urgency == Urgency.URGENT else 1
     slots = min(fanout, deps.settings.max_offer_attempts - ref["attempt"])
     if not ranking.candidates or slots <= 0:
+        listed = listed_exclusions(ranking.excluded)
         await _emit_status(
             step, deps, ref, ReferralStatus.UNMATCHED,
-            reason=_unmatched_reason(ref, need, ranking),
-            excluded=tuple(ranking.excluded[:MAX_LISTED_EXCLUSIONS]),
+            reason=_unmatched_reason(ref, need, ranking, len(listed)), excluded=listed,
         )  # fmt: skip
         return
     respond_by = now + deadline(deps.settings, need.urgency)
@@ -450,8 +451,18 @@ def need_view(deps: Deps, ref: dict[str, Any]) -> NeedView:
     )
 
 
-def _unmatched_reason(ref: dict[str, Any], need: NeedView, ranking: Ranking) -> str:
-    unlisted = len(ranking.excluded) - MAX_LISTED_EXCLUSIONS
+def listed_exclusions(excluded: Sequence[ExcludedAgency]) -> tuple[ExcludedAgency, ...]:
+    """The exclusions an unmatched event lists: the first ones, within both limits."""
+    size = 0
+    for count, exclusion in enumerate(excluded[:MAX_LISTED_EXCLUSIONS]):
+        size += len(exclusion.model_dump_json()) + 1
+        if size > _EXCLUSIONS_BUDGET_BYTES:
+            return tuple(excluded[:count])
+    return tuple(excluded[:MAX_LISTED_EXCLUSIONS])
+
+
+def _unmatched_reason(ref: dict[str, Any], need: NeedView, ranking: Ranking, listed: int) -> str:
+    unlisted = len(ranking.excluded) - listed
     more = f" ({unlisted:,} more services left out are not listed)" if unlisted > 0 else ""
     if ranking.candidates:
         return f"{ref['attempt']} offers made, none accepted{more}"

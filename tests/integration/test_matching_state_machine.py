@@ -25,16 +25,18 @@ from services.matching.handlers import (
     handle_need_submitted,
     handle_needs_submitted,
     handle_offer_response,
+    listed_exclusions,
 )
 from services.matching.settings import MatchingSettings
 from shared.clock import ManualClock
-from shared.cloudevents import Envelope, PoisonMessage
+from shared.cloudevents import MAX_VALUE_BYTES, Envelope, PoisonMessage
 from shared.db import create_pool
 from shared.events import (
     CapacityStatus,
     CapacityUpdated,
     DeclineReason,
     Event,
+    ExcludedAgency,
     NeedCategory,
     NeedSubmitted,
     OfferAccepted,
@@ -301,6 +303,19 @@ async def test_an_unmatched_need_lists_a_bounded_number_of_exclusions_and_counts
     listed = [e["agency_id"] for e in unmatched["excluded"]]
     assert listed == [f"ag-full-{i:04d}" for i in range(MAX_LISTED_EXCLUSIONS)]
     assert {e["reason"] for e in unmatched["excluded"]} == {"reports no capacity"}
+
+
+def test_long_exclusions_are_listed_within_half_what_readers_accept() -> None:
+    """Service ids have no length limit, so the count alone does not bound the event."""
+    long = [
+        ExcludedAgency(agency_id=f"ag-{i:04d}", service_id=f"svc-{i:04d}-" + "x" * 400, reason="r")
+        for i in range(MAX_LISTED_EXCLUSIONS)
+    ]
+    listed = listed_exclusions(long)
+    size = sum(len(e.model_dump_json()) + 1 for e in listed)
+    assert 0 < len(listed) < MAX_LISTED_EXCLUSIONS
+    assert size <= MAX_VALUE_BYTES // 2 < size + len(long[len(listed)].model_dump_json()) + 1
+    assert listed == tuple(long[: len(listed)])
 
 
 async def test_an_urgent_need_fans_out_and_the_first_acceptance_wins(deps: Deps) -> None:

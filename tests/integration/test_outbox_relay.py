@@ -261,8 +261,9 @@ def unmatched_among_many(need_id: object, services: int) -> ReferralStatusChange
 async def test_an_event_the_broker_can_never_take_is_set_aside_and_the_rest_go_out(
     infra: Infrastructure, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A row larger than the producer may send (its max_request_size, or a broker's limit,
-    set below what the event contract allows) fails the same way however often it is tried:
+    """A row larger than the producer may send (its max_request_size set below what the
+    event contract allows, or a row written before events were checked for size) fails the
+    same way however often it is tried:
     it is set aside with the reason, and the rows behind it, which used to wait for it for
     good, are published; the relay keeps its lock."""
     need_id = uuid4()

@@ -819,9 +819,12 @@ class Harness:
 
         async def quiet() -> bool:
             rows = await self.db.fetch(
-                "SELECT (SELECT count(*) FROM intake.outbox WHERE published_at IS NULL) "
-                "+ (SELECT count(*) FROM matching.outbox WHERE published_at IS NULL) "
-                "+ (SELECT count(*) FROM notifications.outbox WHERE published_at IS NULL) "
+                "SELECT (SELECT count(*) FROM intake.outbox WHERE published_at IS NULL "
+                "   AND rejected_at IS NULL) "
+                "+ (SELECT count(*) FROM matching.outbox WHERE published_at IS NULL "
+                "   AND rejected_at IS NULL) "
+                "+ (SELECT count(*) FROM notifications.outbox WHERE published_at IS NULL "
+                "   AND rejected_at IS NULL) "
                 "+ (SELECT count(*) FROM notifications.scheduled_jobs "
                 "   WHERE status = 'pending' AND due_at <= $1) AS left",
                 self.clock.now(),
