@@ -32,13 +32,6 @@ from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
-# What the producer raises for a record itself, before queueing it, and would raise again
-# however often it was tried (the record is larger than max_request_size): such a row is set
-# aside, not retried. Errors that come back on a send's future (a broker's MESSAGE_TOO_LARGE
-# for a batch, say) still take the retry path, since they may belong to another record of
-# the batch. Keeping the producer's limit at or below the broker's message.max.bytes (as
-# the defaults are) makes the producer the one to refuse an oversized record, on its own.
-_NEVER_PUBLISHABLE = MessageSizeTooLargeError
 # Topics keyed by need_id (the agency offer topics are too), so a row's key names its need.
 _NEED_KEYED = frozenset(spec.name for spec in PLATFORM_TOPICS if spec.key_field == "need_id")
 
@@ -275,10 +268,16 @@ class OutboxRelay:
         sent: list[int] = []
         acks: list[asyncio.Future[Any]] = []
         set_aside: list[tuple[asyncpg.Record, str]] = []
+        # The producer refuses a record larger than max_request_size before queueing it, and
+        # would again however often it was tried: set aside, not retried. Errors on a send's
+        # future (a broker's MESSAGE_TOO_LARGE for a batch, say) still take the retry path,
+        # as they may belong to another record of the batch; keeping the producer's limit at
+        # or below the broker's message.max.bytes (as the defaults are) makes the producer
+        # the one to refuse an oversized record, on its own.
         for row in rows:
             try:
                 acks.append(await self._send(row))
-            except _NEVER_PUBLISHABLE as exc:
+            except MessageSizeTooLargeError as exc:
                 set_aside.append((row, f"{type(exc).__name__}: {exc}"))
             else:
                 sent.append(row["id"])

@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 import asyncpg
 from fastapi import HTTPException, Request
+from pydantic import BaseModel, Field
 
 # The first key of the two-key advisory lock form, which never meets the one-key form's
 # locks (the outbox relays'): a client chooses its address, and a key it could make collide
@@ -88,3 +90,22 @@ class AddressThrottle:
 
     def _window_start(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.window_s)
+
+
+class ApiKeyThrottleSettings(BaseModel):
+    """The settings of a service that takes API credentials: the same names and defaults
+    in each, one policy for all of them. The service names its failures table."""
+
+    api_key_failures_table: ClassVar[str]
+    # Requests with an unknown or revoked credential allowed per client address in the
+    # window; past that, every credential from the address is answered 429, unchecked.
+    api_key_window_s: int = Field(default=15 * 60, ge=1)
+    api_key_max_failures_per_address: int = Field(default=20, ge=1)
+
+    @property
+    def api_key_throttle(self) -> AddressThrottle:
+        return AddressThrottle(
+            self.api_key_failures_table,
+            self.api_key_window_s,
+            self.api_key_max_failures_per_address,
+        )

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+from services.matching.geo import PostalArea, haversine_km
 from shared import hsds
 from shared.events import ConsentScope, NeedCategory, NeedSubmitted, Referrer, Urgency
 
@@ -123,6 +124,20 @@ class ServiceSpec:
     available: int | None = None
     capacity_as_of: datetime | None = None
     hours: tuple[tuple[str, str, str], ...] = ()  # (byday, opens_at, closes_at)
+
+    def reaches(self, category: NeedCategory, postal_code: str, place: PostalArea) -> bool:
+        """Whether a need of ``category`` from ``postal_code`` (at ``place``) is in this
+        service's area, by the rule as a worker would state it: its ZIP code or county is
+        the service's, or a location of the service is within its radius."""
+        located = ([self.location] if self.location else []) + list(self.more_locations)
+        return self.category == category and (
+            postal_code in self.zips
+            or place.county.lower() in {c.lower() for c in self.counties}
+            or (
+                self.radius_km is not None
+                and any(haversine_km(place.point, xy) <= self.radius_km for xy in located)
+            )
+        )
 
 
 CATEGORY_TERMS = tuple(

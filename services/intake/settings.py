@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.intake.security import decode_key
 from shared.settings import BaseServiceSettings
-from shared.throttle import AddressThrottle
+from shared.throttle import ApiKeyThrottleSettings
 
 # Values from deploy/.env.example and docs that must never reach production.
 _PLACEHOLDERS = ("change-me", "changeme", "secret", "example")
 
 
-class IntakeSettings(BaseServiceSettings):
+class IntakeSettings(BaseServiceSettings, ApiKeyThrottleSettings):
     # Signs session cookies; 32+ characters, never a default.
     secret_key: SecretStr = Field(min_length=32)
     # 32 random bytes in urlsafe base64 (Fernet.generate_key() prints one). Seals new data.
@@ -33,11 +35,9 @@ class IntakeSettings(BaseServiceSettings):
     login_window_s: int = 15 * 60
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
-    # Requests with an unknown or revoked worker API token allowed per client address in the
-    # window; past that, every token from the address is answered 429, unchecked. The same
-    # names as notifications' agency API keys: one policy for API credentials.
-    api_key_window_s: int = Field(default=15 * 60, ge=1)
-    api_key_max_failures_per_address: int = Field(default=20, ge=1)
+    # Worker API tokens are throttled per client address by API_KEY_WINDOW_S and
+    # API_KEY_MAX_FAILURES_PER_ADDRESS (ApiKeyThrottleSettings), as agency API keys are.
+    api_key_failures_table: ClassVar[str] = "api_token_failures"
     # Where the operator dashboard (/admin/dashboard) asks the other services' /readyz.
     matching_url: str = Field(default="http://127.0.0.1:8002", pattern=r"^https?://")
     notifications_url: str = Field(default="http://127.0.0.1:8001", pattern=r"^https?://")
@@ -50,12 +50,6 @@ class IntakeSettings(BaseServiceSettings):
     def _a_key(cls, value: SecretStr) -> SecretStr:
         decode_key(value.get_secret_value())
         return value
-
-    @property
-    def api_key_throttle(self) -> AddressThrottle:
-        return AddressThrottle(
-            "api_token_failures", self.api_key_window_s, self.api_key_max_failures_per_address
-        )
 
     @property
     def pii_keys(self) -> list[str]:

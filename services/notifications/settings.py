@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, SecretStr, model_validator
 
 from shared.events import NeedCategory, Urgency
 from shared.settings import BaseServiceSettings
-from shared.throttle import AddressThrottle
+from shared.throttle import ApiKeyThrottleSettings
 
 DEFAULT_AFTERCARE_DAYS = [1, 7, 30, 90]
 
 
-class NotificationsSettings(BaseServiceSettings):
+class NotificationsSettings(BaseServiceSettings, ApiKeyThrottleSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8001
     # Where links in messages point (check-ins, agency outcomes): this service as the
@@ -28,10 +30,9 @@ class NotificationsSettings(BaseServiceSettings):
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
     # --- the agency HTTP API ---
-    # Requests with an unknown or revoked API key allowed per client address in the window;
-    # past that, every request with a key from the address is answered 429, key unchecked.
-    api_key_window_s: int = Field(default=15 * 60, ge=1)
-    api_key_max_failures_per_address: int = Field(default=20, ge=1)
+    # Agency API keys are throttled per client address by API_KEY_WINDOW_S and
+    # API_KEY_MAX_FAILURES_PER_ADDRESS (ApiKeyThrottleSettings).
+    api_key_failures_table: ClassVar[str] = "api_key_failures"
     # Local runs only: a demo agency user for this agency, with this password.
     demo_agency_id: str = "ag-001"
     demo_agency_user_email: str = "demo.agency@refnet.local"
@@ -98,12 +99,6 @@ class NotificationsSettings(BaseServiceSettings):
 
     def aftercare_plan(self, category: NeedCategory) -> list[int]:
         return sorted(self.aftercare_plans.get(category, self.aftercare_days))
-
-    @property
-    def api_key_throttle(self) -> AddressThrottle:
-        return AddressThrottle(
-            "api_key_failures", self.api_key_window_s, self.api_key_max_failures_per_address
-        )
 
     @property
     def sms_configured(self) -> bool:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.matching import repository as repo
-from services.matching.geo import cells_within, haversine_km, load_centroids
+from services.matching.geo import cells_within, load_centroids
 from shared.db import create_pool, migrate
 from shared.events import NeedCategory
 from shared.infra import Infrastructure
@@ -48,19 +48,6 @@ services = st.builds(
     more_locations=st.lists(points, max_size=2).map(tuple),
 )
 areas = st.tuples(st.sampled_from(CATEGORIES), st.sampled_from(ZIPS))
-
-
-def reaches(spec: ServiceSpec, category: NeedCategory, postal_code: str) -> bool:
-    place = PLACES[postal_code]
-    located = ([spec.location] if spec.location else []) + list(spec.more_locations)
-    return spec.category == category and (
-        postal_code in spec.zips
-        or place.county.lower() in {c.lower() for c in spec.counties}
-        or (
-            spec.radius_km is not None
-            and any(haversine_km(place.point, xy) <= spec.radius_km for xy in located)
-        )
-    )
 
 
 def area(category: NeedCategory, postal_code: str) -> repo.Area:
@@ -96,7 +83,7 @@ async def test_the_lookup_finds_every_service_that_reaches_the_need_and_no_other
 ) -> None:
     named = await given_the_services(matching_pool, specs)
     expected = [
-        sorted(s.service_id for s in named if reaches(s, category, code))
+        sorted(s.service_id for s in named if s.reaches(category, code, PLACES[code]))
         for category, code in asked
     ]
     async with matching_pool.acquire() as conn:

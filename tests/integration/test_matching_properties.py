@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.matching import repository as repo
-from services.matching.geo import haversine_km
 from services.matching.handlers import (
     Deps,
     handle_need_submitted,
@@ -126,16 +125,6 @@ class World:
 
 def eligible(spec: ServiceSpec, agency: str, need: NeedSubmitted, world: World) -> bool:
     """The rules as stated to a worker, written out independently of matching's code."""
-    place = PLACES[need.postal_code]
-    in_area = (
-        need.postal_code in spec.zips
-        or place.county.lower() in {c.lower() for c in spec.counties}
-        or (
-            spec.radius_km is not None
-            and spec.location is not None
-            and haversine_km(place.point, spec.location) <= spec.radius_km
-        )
-    )
     free = (
         None
         if spec.available is None
@@ -146,9 +135,8 @@ def eligible(spec: ServiceSpec, agency: str, need: NeedSubmitted, world: World) 
     age = need.age_years
     c = need.constraints
     return (
-        spec.category == need.category
+        spec.reaches(need.category, need.postal_code, PLACES[need.postal_code])
         and need.consent.allows_recipient(agency)
-        and in_area
         and spec.capacity_status != "no-capacity"
         and (free is None or free > 0)
         and (spec.minimum_age is None or (age is not None and age >= spec.minimum_age))
