@@ -82,6 +82,12 @@ OUTBOX_REJECTED = Counter(
     "with rejected_at set. Any at all is a bug to look into.",
     ["service"],
 )
+OUTBOX_PRUNED = Counter(
+    "refnet_outbox_pruned",
+    "Outbox rows the active relay deleted once they had been published longer than "
+    "OUTBOX_RETENTION_DAYS ago; unpublished and set-aside rows are never deleted.",
+    ["service"],
+)
 CONSUMER_LAG = Gauge(
     "refnet_consumer_lag",
     "Records on the service's assigned partitions not yet processed and committed, per "

@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -163,6 +164,11 @@ BROKER_FAILURES_BEFORE_RELEASE = 3
 # again: long enough for a waiting replica (which tries every poll interval) to take it,
 # jittered so that replicas which all lost the broker do not keep trying in step.
 _RELEASE_BACKOFF_POLLS = (3.0, 6.0)
+# The active relay deletes published rows older than its retention this many at a time,
+# between rounds of publishing, so an outbox that has grown for months is cut down without
+# holding up what is waiting to go out; once a round finds fewer, it looks again an hour on.
+PRUNE_BATCH = 5000
+PRUNE_EVERY_S = 3600.0
 
 
 class BrokerUnreachable(Exception):
@@ -179,7 +185,11 @@ class OutboxRelay:
 
     Holding the lock for the session rather than per transaction makes a wake two round
     trips (read the batch, mark it sent) instead of five, which counts at low load, where
-    nearly every committed change wakes the relay on its own."""
+    nearly every committed change wakes the relay on its own.
+
+    With a ``retention``, the active relay also deletes rows published longer ago than
+    that (none of its set-aside or unpublished rows): a service's relay has one; a one-off
+    drain, such as `refnet directory import`'s, has none."""
 
     def __init__(
         self,
@@ -188,12 +198,15 @@ class OutboxRelay:
         database_url: str,
         schema: str,
         poll_interval_s: float,
+        *,
+        retention: timedelta | None = None,
     ) -> None:
         self._pool = pool
         self._producer = producer
         self._database_url = database_url
         self._schema = schema
         self._poll_interval_s = poll_interval_s
+        self._retention = retention
         self._wakeup = asyncio.Event()
 
     async def run(self) -> None:
@@ -228,7 +241,13 @@ class OutboxRelay:
 
     async def _publish_while_the_broker_answers(self, conn: asyncpg.Connection) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
+        prune_at = loop.time()  # a relay that has just taken the lock prunes first
         while True:
+            more_to_prune = False
+            if self._retention is not None and loop.time() >= prune_at:
+                more_to_prune = await self._prune(conn, self._retention) == PRUNE_BATCH
+                prune_at = loop.time() + (0.0 if more_to_prune else PRUNE_EVERY_S)
             try:
                 published = await self._publish(conn)
                 failures = 0
@@ -246,8 +265,28 @@ class OutboxRelay:
                     failures,
                 )  # fmt: skip
                 published = 0
-            if published < BATCH_SIZE:
+            if published < BATCH_SIZE and not more_to_prune:
                 await self._sleep()
+
+    async def _prune(self, conn: asyncpg.Connection, retention: timedelta) -> int:
+        """Delete up to PRUNE_BATCH of the oldest rows published longer than ``retention``
+        ago; set-aside rows (never published) stay for an operator."""
+        deleted = int(
+            await conn.fetchval(
+                "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
+                "WHERE published_at < now() - $1::interval ORDER BY id LIMIT $2) RETURNING 1) "
+                "SELECT count(*) FROM gone",
+                retention,
+                PRUNE_BATCH,
+            )
+        )
+        if deleted:
+            log.info(
+                "outbox relay for %s deleted %d row(s) published more than %s ago",
+                self._schema, deleted, retention,
+            )  # fmt: skip
+            metrics.OUTBOX_PRUNED.labels(self._schema).inc(deleted)
+        return deleted
 
     async def publish_pending(self) -> int:
         """Publish one batch now from a pooled connection, unless a relay is active for the

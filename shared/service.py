@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -83,6 +84,7 @@ class ServiceLifecycle:
             self.settings.database_url,
             self.schema,
             self.settings.outbox_poll_interval_s,
+            retention=timedelta(days=self.settings.outbox_retention_days),
         )
         self.spawn(relay.run(), "outbox")
         dead_letters = DeadLetters(producer, group)

@@ -81,6 +81,10 @@ class BaseServiceSettings(KafkaClientSettings):
     kafka_batch_wait_ms: int = Field(default=250, ge=0)
     consumer_max_attempts: int = 3
     outbox_poll_interval_s: float = 1.0
+    # Published outbox rows are deleted this long after they went out: long enough to replay
+    # what a broker lost (the topics keep records a week too), not so long that every event,
+    # with what it discloses, is kept for ever in each producer's schema.
+    outbox_retention_days: float = Field(default=7.0, ge=1)
     # Local mode only: a file holding a clock offset in seconds, so tests can move time.
     clock_offset_file: Path | None = None
     log_level: str = "INFO"

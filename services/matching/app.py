@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine, Mapping, Sequence
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -139,6 +140,7 @@ class MatchingApp(faust.App):
             settings.database_url,
             SCHEMA,
             settings.outbox_poll_interval_s,
+            retention=timedelta(days=settings.outbox_retention_days),
         )
         self._relay_task = asyncio.create_task(relay.run(), name="matching-outbox")
         # Needs are matched against the directory, so its view must have caught up with

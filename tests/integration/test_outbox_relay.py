@@ -7,12 +7,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from shared import outbox
 from shared.clock import ManualClock
@@ -54,7 +55,11 @@ class Relays:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(
-        self, *, producer: AIOKafkaProducer | None = None, poll_interval_s: float = 0.1
+        self,
+        *,
+        producer: AIOKafkaProducer | None = None,
+        poll_interval_s: float = 0.1,
+        retention: timedelta | None = None,
     ) -> asyncio.Task[None]:
         relay = outbox.OutboxRelay(
             self.pool,
@@ -62,6 +67,7 @@ class Relays:
             self.infra.database_url,
             self.schema,
             poll_interval_s,
+            retention=retention,
         )
         self.tasks.append(asyncio.create_task(relay.run()))
         return self.tasks[-1]
@@ -303,3 +309,53 @@ async def test_an_event_the_broker_can_never_take_is_set_aside_and_the_rest_go_o
     message = logged.getMessage()
     assert r.spec.name in message and "MessageSizeTooLargeError" in message
     assert "released its lock" not in caplog.text
+
+
+async def test_rows_published_longer_ago_than_the_retention_are_deleted_and_no_others(
+    infra: Infrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active relay deletes what went out more than its retention ago, a batch at a time
+    until none is left; rows published since, set-aside rows and rows still to publish are
+    kept, however old."""
+    monkeypatch.setattr(outbox, "PRUNE_BATCH", 2)  # so the five rows due take three rounds
+    waiting_event = an_acceptance(uuid4())
+    async with relays(infra) as r:
+        await enqueue(r.pool, r.spec, [*(an_acceptance(uuid4()) for _ in range(8)), waiting_event])
+        async with r.pool.acquire() as conn:
+            ids = [row["id"] for row in await conn.fetch("SELECT id FROM outbox ORDER BY id")]
+            due, recent, (set_aside, waiting) = ids[:5], ids[5:7], ids[7:]
+            await published_ago(conn, due, timedelta(days=8))
+            await published_ago(conn, recent, timedelta(days=6))
+            await conn.execute(
+                "UPDATE outbox SET rejected_at = now() - interval '30 days', rejection = 'test', "
+                "created_at = now() - interval '30 days' WHERE id = $1",
+                set_aside,
+            )
+            await conn.execute(
+                "UPDATE outbox SET created_at = now() - interval '30 days' WHERE id = $1", waiting
+            )
+
+        async def due_deleted_and_rest_published() -> bool:
+            async with r.pool.acquire() as conn:
+                left = await conn.fetchval(
+                    "SELECT count(*) FROM outbox WHERE id = ANY($1::bigint[])", due
+                )
+            return left == 0 and await drained(r.pool)
+
+        r.start(retention=timedelta(days=7))
+        await eventually(due_deleted_and_rest_published, "the rows due deleted")
+        async with r.pool.acquire() as conn:
+            kept = {row["id"] for row in await conn.fetch("SELECT id FROM outbox")}
+
+    assert kept == {*recent, set_aside, waiting}
+    assert await published(infra, r.spec) == [waiting_event]
+    pruned = REGISTRY.get_sample_value("refnet_outbox_pruned_total", {"service": r.schema})
+    assert pruned == len(due)
+
+
+async def published_ago(conn: asyncpg.Connection, ids: list[int], ago: timedelta) -> None:
+    await conn.execute(
+        "UPDATE outbox SET published_at = now() - $2::interval WHERE id = ANY($1::bigint[])",
+        ids,
+        ago,
+    )
