@@ -34,9 +34,9 @@ from services.matching.profiles import service_facts
 from services.notifications import agency_keys
 from services.notifications.agency_keys import KeyProblem, fingerprint
 from services.notifications.handlers import agency_for_key
-from shared import db, outbox
+from shared import cloudevents, db, outbox
 from shared.clock import ManualClock
-from shared.cloudevents import decode
+from shared.cloudevents import PoisonMessage, decode
 from shared.events import CapacityStatus, CapacityUpdated, NeedCategory
 from shared.hsds import AgencyProfile, Attribute, Organization, Row, TaxonomyTerm
 from shared.infra import Infrastructure
@@ -324,6 +324,42 @@ async def test_an_agency_whose_profile_no_reader_could_take_is_refused_saying_so
     assert "split its services" in problem
     assert await directory(matching_pool) == before
     assert await outbox_profiles(matching_pool, agency_id) == 0
+
+
+async def test_an_agency_published_over_the_size_limit_before_it_was_checked_is_named(
+    matching_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agency whose profile went out over the size readers accept before sizes were
+    checked is unchanged when the directory is imported again, yet the import names it
+    instead of reporting success; a capacity update for it is dead-lettered at once, as
+    nothing but the directory's operator can make it apply, with that reason."""
+    await given_the_demo_directory(matching_pool)
+    agency_id = new_agency_id()
+    statewide = [f"{90000 + i:05d}" for i in range(1_500)]
+    package = admin.package_from_fields(fields(agency_id, postal_codes=statewide))
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(cloudevents, "MAX_VALUE_BYTES", 8 * cloudevents.MAX_VALUE_BYTES)
+        async with matching_pool.acquire() as conn, conn.transaction():
+            await owner.add_agency(conn, package, CLOCK)
+    stored = await directory(matching_pool)
+    report = CapacityUpdated(
+        agency_id=agency_id, service_id=f"{agency_id}-housing", status=CapacityStatus.WAITLIST,
+        available=0, maximum=12, updated_at=CLOCK.now(),
+    )  # fmt: skip
+
+    with pytest.raises(PackageInvalid) as refused:
+        async with matching_pool.acquire() as conn, conn.transaction():
+            await owner.import_package(conn, stored, CLOCK)
+    with pytest.raises(PoisonMessage) as dead_lettered:
+        async with matching_pool.acquire() as conn, conn.transaction():
+            await owner.update_capacity(conn, report, CLOCK)
+
+    (problem,) = refused.value.problems
+    assert problem.startswith(f"organization {agency_id!r}: AgencyProfile of ")
+    reason = str(dead_lettered.value)
+    assert f"service '{agency_id}-housing' not applied" in reason
+    assert f"organization {agency_id!r}" in reason and "split its services" in reason
+    assert await directory(matching_pool) == stored
 
 
 def test_fields_that_cannot_make_a_matchable_agency_are_named() -> None:

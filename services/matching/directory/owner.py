@@ -363,7 +363,13 @@ async def update_capacity(
     await _put(conn, await _status_attribute(conn, update, term_id))
     revision = await _next_revision(conn, None)
     (profile,) = profiles(await _agency_slice(conn, update.agency_id), revision)
-    await _publish(conn, [profile], revision, clock, removals=False)
+    try:
+        await _publish(conn, [profile], revision, clock, removals=False)
+    except PackageInvalid as exc:  # the same every time: retrying cannot help
+        raise PoisonMessage(
+            f"capacity update for service {update.service_id!r} not applied: the agency's "
+            f"profile cannot be published until the directory's operator changes it ({exc})"
+        ) from exc
     return profile
 
 
@@ -378,22 +384,29 @@ async def _publish(
     known = {
         r["agency_id"]: r["digest"] for r in await conn.fetch("SELECT * FROM directory_published")
     }
-    changed = [p for p in new if known.get(p.agency_id) != _digest(p)]
-    too_large = []
-    for profile in changed:
+    digests = {p.agency_id: _digest(p) for p in new}
+    changed = [p for p in new if known.get(p.agency_id) != digests[p.agency_id]]
+    rows, too_large = [], []
+    # Unchanged profiles are checked too: one published before sizes were checked would
+    # otherwise leave its agency unmatchable while the import reported success.
+    for profile in new:
         try:
-            await outbox.enqueue(conn, AGENCIES, profile, source=SOURCE, clock=clock)
+            row = outbox.outbox_row(AGENCIES, profile, source=SOURCE, clock=clock)
         except EventTooLarge as exc:
             too_large.append(
                 f"organization {profile.agency_id!r}: {exc}; split its services between "
                 "several organizations, or list counties or a radius instead of many ZIP codes"
             )
+        else:
+            if known.get(profile.agency_id) != digests[profile.agency_id]:
+                rows.append(row)
     if too_large:
         raise PackageInvalid(too_large)
+    await outbox.write(conn, rows)
     await conn.executemany(
         "INSERT INTO directory_published (agency_id, revision, digest) VALUES ($1, $2, $3) "
         "ON CONFLICT (agency_id) DO UPDATE SET revision = $2, digest = $3",
-        [(p.agency_id, revision, _digest(p)) for p in changed],
+        [(p.agency_id, revision, digests[p.agency_id]) for p in changed],
     )
     gone = sorted(set(known) - {p.agency_id for p in new}) if removals else []
     for agency_id in gone:
