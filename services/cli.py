@@ -12,11 +12,12 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 if TYPE_CHECKING:
     from shared.dlq import DeadLetter, Listing, Position, Replay
     from shared.kafka_acls import AdminTarget as KafkaAdminTarget
+    from shared.outbox import SetAside
     from shared.settings import BaseServiceSettings
 
 RUN_DIR = Path(".refnet")
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_directory_commands(commands)
     _add_webhook_commands(commands)
     _add_dlq_commands(commands)
+    _add_outbox_commands(commands)
     pii = commands.add_parser("pii", help="intake's encrypted identifiers").add_subparsers(
         dest="pii_command", required=True
     )
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         _webhooks(args)
     elif args.command == "dlq":
         _dlq(args)
+    elif args.command == "outbox":
+        _outbox(args)
     elif args.command == "agency":
         _agency(args)
 
@@ -487,8 +491,6 @@ def _add_webhook_commands(commands: argparse._SubParsersAction) -> None:  # type
 
 
 def _webhooks(args: argparse.Namespace) -> None:
-    from uuid import UUID
-
     if args.webhooks_command == "replay":
         try:
             delivery_id = UUID(args.delivery_id)
@@ -504,8 +506,6 @@ def _webhooks(args: argparse.Namespace) -> None:
 
 
 async def _webhook_command(command: Literal["replay", "enable"], target: str) -> bool:
-    from uuid import UUID
-
     from services.notifications import webhooks
     from shared.clock import SystemClock
     from shared.db import create_pool
@@ -622,6 +622,78 @@ async def _dlq_replay(at: Position) -> Replay:
     pool = await create_pool(settings.database_url, "intake", max_size=1)
     try:
         return await dlq.replay(pool, settings, at, f"cli:{who}", SystemClock().now())
+    finally:
+        await pool.close()
+
+
+SERVICES = ("intake", "matching", "notifications")
+
+
+def _add_outbox_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    outbox = commands.add_parser(
+        "outbox", help="events a service's relay set aside because the broker would not take them"
+    ).add_subparsers(dest="outbox_command", required=True)
+    listing = outbox.add_parser("list", help="list the set-aside events, oldest first")
+    listing.add_argument("--service", choices=SERVICES, help="only this service's outbox")
+    resend = outbox.add_parser(
+        "resend",
+        help="give one set-aside event back to its service's relay",
+        description="The relay publishes it at its next round (and sets it aside again if "
+        "the broker still cannot take it: fix the cause first, docs/runbook.md). Refused "
+        "for an agency profile, and when a newer event with the same key was written since.",
+    )
+    resend.add_argument("service", choices=SERVICES)
+    resend.add_argument("event_id", help="as `refnet outbox list` prints it")
+
+
+def _outbox(args: argparse.Namespace) -> None:
+    from shared.outbox import ResendRefused
+
+    if args.outbox_command == "list":
+        services = [args.service] if args.service else list(SERVICES)
+        found = asyncio.run(_outbox_list(services))
+        for service, entry in found:
+            print(
+                f"{service} {entry.event_id}  set aside {entry.rejected_at:%Y-%m-%d %H:%M:%S%z}\n"
+                f"  event    {entry.topic}, key {entry.key}, {entry.size:,} bytes\n"
+                f"  reason   {entry.rejection}"
+            )
+        print(f"{len(found)} set-aside event(s)")
+        return
+    try:
+        event_id = UUID(args.event_id)
+    except ValueError:
+        sys.exit(f"refnet outbox resend: {args.event_id!r} is not an event id")
+    try:
+        entry = asyncio.run(_outbox_resend(args.service, event_id))
+    except ResendRefused as exc:
+        sys.exit(f"refnet outbox resend: {exc}")
+    print(f"{args.service}'s relay will publish {entry.event_id} to {entry.topic} again")
+
+
+async def _outbox_list(services: list[str]) -> list[tuple[str, SetAside]]:
+    from shared import outbox
+    from shared.db import create_pool
+
+    found = []
+    for service in services:
+        pool = await create_pool(_setting("DATABASE_URL"), service, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                found += [(service, entry) for entry in await outbox.set_aside(conn)]
+        finally:
+            await pool.close()
+    return found
+
+
+async def _outbox_resend(service: str, event_id: UUID) -> SetAside:
+    from shared import outbox
+    from shared.db import create_pool
+
+    pool = await create_pool(_setting("DATABASE_URL"), service, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await outbox.resend(conn, event_id)
     finally:
         await pool.close()
 

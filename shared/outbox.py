@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -28,7 +28,7 @@ from shared.cloudevents import encode
 from shared.db import connect
 from shared.events import Event
 from shared.logs import log_context
-from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
+from shared.topics import AGENCIES, PLATFORM_TOPICS, TopicSpec, is_agency_offers
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,68 @@ async def backlog(conn: asyncpg.Connection, *, through: int | None = None) -> in
     )
 
 
-async def rejected(conn: asyncpg.Connection) -> int:
-    """Rows the relay set aside because the broker can never take them."""
-    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE rejected_at IS NOT NULL"))
+@dataclass(frozen=True)
+class SetAside:
+    """A row the relay set aside because the broker could not take it."""
+
+    event_id: UUID
+    topic: str
+    key: str
+    size: int
+    rejected_at: datetime
+    rejection: str
+
+
+async def set_aside(conn: asyncpg.Connection) -> list[SetAside]:
+    """The rows the relay set aside, oldest first."""
+    rows = await conn.fetch(
+        "SELECT event_id, topic, key, coalesce(length(value), 0) AS size, rejected_at, "
+        "rejection FROM outbox WHERE rejected_at IS NOT NULL ORDER BY id"
+    )
+    return [SetAside(**row) for row in rows]
+
+
+class ResendRefused(Exception):
+    """Why a set-aside row was not given back to the relay."""
+
+
+async def resend(conn: asyncpg.Connection, event_id: UUID) -> SetAside:
+    """Give a set-aside row back to the relay, which publishes it at its next round (and
+    sets it aside again if the broker still cannot take it). Refused where publishing it
+    now would undo something: a newer event with its key has been written since (it would
+    go out after that one), or it is an agency profile (a stale profile would replace a
+    newer one or bring back a removed agency; import the directory instead)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT id, event_id, topic, key, coalesce(length(value), 0) AS size, rejected_at, "
+            "rejection FROM outbox WHERE event_id = $1 FOR UPDATE",
+            event_id,
+        )
+        if row is None:
+            raise ResendRefused(f"no event {event_id} in this outbox")
+        if row["rejected_at"] is None:
+            raise ResendRefused(f"event {event_id} was not set aside")
+        if row["topic"] == AGENCIES.name:
+            raise ResendRefused(
+                f"event {event_id} is an agency profile: import the directory again instead, "
+                "which publishes every profile as it now is"
+            )
+        newer = await conn.fetchval(
+            "SELECT event_id FROM outbox WHERE id > $1 AND topic = $2 AND key = $3 "
+            "ORDER BY id LIMIT 1",
+            row["id"],
+            row["topic"],
+            row["key"],
+        )
+        if newer is not None:
+            raise ResendRefused(
+                f"event {event_id} would reach {row['topic']} after {newer}, a newer event "
+                f"with the same key ({row['key']}), and readers would take it as the latest"
+            )
+        await conn.execute(
+            "UPDATE outbox SET rejected_at = NULL, rejection = NULL WHERE id = $1", row["id"]
+        )
+    return SetAside(**{name: row[name] for name in SetAside.__dataclass_fields__})
 
 
 async def last_row_id(conn: asyncpg.Connection) -> int:

@@ -8,14 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from typing import Any
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
-from shared import outbox
+from services import cli
+from shared import db, outbox
 from shared.clock import ManualClock
 from shared.cloudevents import decode
 from shared.events import (
@@ -28,7 +30,7 @@ from shared.events import (
 from shared.infra import Infrastructure
 from shared.kafka import ensure_topics, make_producer
 from shared.settings import BaseServiceSettings
-from shared.topics import TopicSpec
+from shared.topics import AGENCIES, TopicSpec
 from tests.integration.conftest import fresh_schema
 from tests.kafka_reader import eventually, read_topic
 
@@ -291,7 +293,7 @@ async def test_an_event_the_broker_can_never_take_is_set_aside_and_the_rest_go_o
                     "SELECT headers, value, rejection, published_at FROM outbox "
                     "WHERE rejected_at IS NOT NULL"
                 )
-                assert await outbox.rejected(conn) == 1
+                assert len(await outbox.set_aside(conn)) == 1
             assert await lock_holder(r.pool, r.schema, relays=1), "the relay keeps the lock"
         finally:
             for task in r.tasks:
@@ -359,3 +361,105 @@ async def published_ago(conn: asyncpg.Connection, ids: list[int], ago: timedelta
         ids,
         ago,
     )
+
+
+async def test_a_set_aside_event_is_resent_unless_that_would_undo_a_newer_one(
+    infra: Infrastructure,
+) -> None:
+    """`refnet outbox resend` gives a set-aside row back to the relay, which publishes it;
+    not when a newer event with its key was written since (readers would take the old one
+    as the latest), nor for an agency profile, nor twice."""
+    first, second = uuid4(), uuid4()
+    large_first, large_second = unmatched_among_many(first, 500), unmatched_among_many(second, 500)
+    newer_first = an_acceptance(first)
+    async with relays(infra) as r:
+        small = AIOKafkaProducer(
+            bootstrap_servers=infra.kafka_bootstrap_servers, acks="all", max_request_size=16_384
+        )
+        await small.start()
+        try:
+            await enqueue(r.pool, r.spec, [large_first, large_second, newer_first])
+            r.start(producer=small)
+            await eventually(lambda: drained(r.pool), "the newer event relayed")
+        finally:
+            for task in r.tasks:
+                task.cancel()
+            await asyncio.gather(*r.tasks, return_exceptions=True)
+            await small.stop()
+        async with r.pool.acquire() as conn:
+            ids = {entry.key: entry.event_id for entry in await outbox.set_aside(conn)}
+            profile_id = await set_aside_profile(conn)
+            with pytest.raises(outbox.ResendRefused, match="newer event with the same key"):
+                await outbox.resend(conn, ids[str(first)])
+            with pytest.raises(outbox.ResendRefused, match="import the directory again"):
+                await outbox.resend(conn, profile_id)
+            with pytest.raises(outbox.ResendRefused, match="no event"):
+                await outbox.resend(conn, uuid4())
+            resent = await outbox.resend(conn, ids[str(second)])
+            with pytest.raises(outbox.ResendRefused, match="was not set aside"):
+                await outbox.resend(conn, ids[str(second)])
+        r.start()  # a producer that may send it, as after raising the limit
+        await eventually(lambda: drained(r.pool), "the resent event relayed")
+        async with r.pool.acquire() as conn:
+            still = {entry.event_id for entry in await outbox.set_aside(conn)}
+
+    assert resent.key == str(second) and "MessageSizeTooLargeError" in resent.rejection
+    assert still == {ids[str(first)], profile_id}
+    assert await published(infra, r.spec) == [newer_first, large_second]
+
+
+async def set_aside_profile(conn: asyncpg.Connection) -> UUID:
+    event_id = uuid4()
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, headers, value, rejected_at, rejection) "
+        "VALUES ($1, $2, 'ag-001', '[]', '{}', now(), 'test')",
+        event_id,
+        AGENCIES.name,
+    )
+    return event_id
+
+
+async def test_refnet_outbox_lists_set_aside_events_and_resends_one(
+    infra: Infrastructure, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema, pool = await fresh_schema(infra, "matching")
+    real_create_pool = db.create_pool
+
+    async def create_pool_in_test_schema(url: str, _: str, **kw: Any) -> asyncpg.Pool:
+        return await real_create_pool(url, schema, **kw)
+
+    monkeypatch.setattr(db, "create_pool", create_pool_in_test_schema)
+    monkeypatch.setenv("DATABASE_URL", infra.database_url)
+    try:
+        async with pool.acquire() as conn:
+            profile_id = await set_aside_profile(conn)
+
+        resend = ("outbox", "resend", "matching", str(profile_id))
+        assert await asyncio.to_thread(run_cli, "outbox", "list", "--service", "matching") is None
+        listed = capsys.readouterr().out
+        refused = await asyncio.to_thread(run_cli, *resend)
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE outbox SET topic = 'refnet.needs.v1'")
+        assert await asyncio.to_thread(run_cli, *resend) is None
+        resent = capsys.readouterr().out
+        not_an_id = await asyncio.to_thread(run_cli, "outbox", "resend", "matching", "nope")
+        async with pool.acquire() as conn:
+            left = await outbox.set_aside(conn)
+    finally:
+        await pool.close()
+
+    assert f"matching {profile_id}" in listed and "reason   test" in listed
+    assert listed.rstrip().endswith("1 set-aside event(s)")
+    assert isinstance(refused, str) and "import the directory again" in refused
+    assert not_an_id == "refnet outbox resend: 'nope' is not an event id"
+    assert f"publish {profile_id} to refnet.needs.v1 again" in resent
+    assert left == []
+
+
+def run_cli(*argv: str) -> str | int | None:
+    """The command's exit status or message (None when it ends normally)."""
+    try:
+        cli.main(list(argv))
+    except SystemExit as exc:
+        return exc.code
+    return None
