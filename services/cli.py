@@ -668,7 +668,7 @@ def _outbox(args: argparse.Namespace) -> None:
         entry = asyncio.run(_outbox_resend(args.service, event_id))
     except ResendRefused as exc:
         sys.exit(f"refnet outbox resend: {exc}")
-    print(f"{args.service}'s relay will publish {entry.event_id} to {entry.topic} again")
+    print(f"{args.service}'s relay publishes {entry.event_id} to {entry.topic} at its next round")
 
 
 async def _outbox_list(services: list[str]) -> list[tuple[str, SetAside]]:
@@ -689,11 +689,15 @@ async def _outbox_list(services: list[str]) -> list[tuple[str, SetAside]]:
 async def _outbox_resend(service: str, event_id: UUID) -> SetAside:
     from shared import outbox
     from shared.db import create_pool
+    from shared.topics import AGENCIES
 
+    # A stale profile would replace a newer one or bring a removed agency back; an import
+    # makes the profile of every agency whose last one was set aside anew.
+    instead = {AGENCIES.name: "import the directory again, which publishes the agency anew"}
     pool = await create_pool(_setting("DATABASE_URL"), service, max_size=1)
     try:
         async with pool.acquire() as conn:
-            return await outbox.resend(conn, event_id)
+            return await outbox.resend(conn, event_id, refused_topics=instead)
     finally:
         await pool.close()
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from shared.cloudevents import encode
 from shared.db import connect
 from shared.events import Event
 from shared.logs import log_context
-from shared.topics import AGENCIES, PLATFORM_TOPICS, TopicSpec, is_agency_offers
+from shared.topics import PLATFORM_TOPICS, TopicSpec, is_agency_offers
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,14 @@ class ResendRefused(Exception):
     """Why a set-aside row was not given back to the relay."""
 
 
-async def resend(conn: asyncpg.Connection, event_id: UUID) -> SetAside:
+async def resend(
+    conn: asyncpg.Connection, event_id: UUID, *, refused_topics: Mapping[str, str] | None = None
+) -> SetAside:
     """Give a set-aside row back to the relay, which publishes it at its next round (and
     sets it aside again if the broker still cannot take it). Refused where publishing it
     now would undo something: a newer event with its key has been written since (it would
-    go out after that one), or it is an agency profile (a stale profile would replace a
-    newer one or bring back a removed agency; import the directory instead)."""
+    go out after that one), or its topic is one of ``refused_topics`` (topic: what to do
+    instead), whose owner makes its events again another way."""
     async with conn.transaction():
         row = await conn.fetchrow(
             "SELECT id, event_id, topic, key, coalesce(length(value), 0) AS size, rejected_at, "
@@ -174,11 +176,9 @@ async def resend(conn: asyncpg.Connection, event_id: UUID) -> SetAside:
             raise ResendRefused(f"no event {event_id} in this outbox")
         if row["rejected_at"] is None:
             raise ResendRefused(f"event {event_id} was not set aside")
-        if row["topic"] == AGENCIES.name:
-            raise ResendRefused(
-                f"event {event_id} is an agency profile: import the directory again instead, "
-                "which publishes every profile as it now is"
-            )
+        instead = (refused_topics or {}).get(row["topic"])
+        if instead is not None:
+            raise ResendRefused(f"event {event_id} is on {row['topic']}: {instead}")
         newer = await conn.fetchval(
             "SELECT event_id FROM outbox WHERE id > $1 AND topic = $2 AND key = $3 "
             "ORDER BY id LIMIT 1",
@@ -224,9 +224,10 @@ BROKER_FAILURES_BEFORE_RELEASE = 3
 # jittered so that replicas which all lost the broker do not keep trying in step.
 _RELEASE_BACKOFF_POLLS = (3.0, 6.0)
 # The active relay deletes published rows older than its retention this many at a time,
-# between rounds of publishing, so an outbox that has grown for months is cut down without
-# holding up what is waiting to go out; once a round finds fewer, it looks again an hour on.
-PRUNE_BATCH = 5000
+# once it has published what was waiting, so an outbox that has grown for months is cut
+# down in short steps between rounds of publishing; once a step finds fewer, it looks again
+# an hour on (not each time it takes the lock, which a flapping relay might do often).
+PRUNE_BATCH = 1000
 PRUNE_EVERY_S = 3600.0
 
 
@@ -266,6 +267,7 @@ class OutboxRelay:
         self._schema = schema
         self._poll_interval_s = poll_interval_s
         self._retention = retention
+        self._prune_at = 0.0  # the event loop's time the next prune is due (at once)
         self._wakeup = asyncio.Event()
 
     async def run(self) -> None:
@@ -300,13 +302,7 @@ class OutboxRelay:
 
     async def _publish_while_the_broker_answers(self, conn: asyncpg.Connection) -> None:
         failures = 0
-        loop = asyncio.get_running_loop()
-        prune_at = loop.time()  # a relay that has just taken the lock prunes first
         while True:
-            more_to_prune = False
-            if self._retention is not None and loop.time() >= prune_at:
-                more_to_prune = await self._prune(conn, self._retention) == PRUNE_BATCH
-                prune_at = loop.time() + (0.0 if more_to_prune else PRUNE_EVERY_S)
             try:
                 published = await self._publish(conn)
                 failures = 0
@@ -324,16 +320,41 @@ class OutboxRelay:
                     failures,
                 )  # fmt: skip
                 published = 0
-            if published < BATCH_SIZE and not more_to_prune:
+            if published < BATCH_SIZE and not await self._prune_if_due(conn):
                 await self._sleep()
+
+    async def _prune_if_due(self, conn: asyncpg.Connection) -> bool:
+        """Delete a batch of old rows if that is due; True when more may be due at once."""
+        loop = asyncio.get_running_loop()
+        if self._retention is None or loop.time() < self._prune_at:
+            return False
+        try:
+            more = await self._prune(conn, self._retention) == PRUNE_BATCH
+        except asyncpg.PostgresError as exc:
+            # Housekeeping never stops publishing: a DELETE refused (a privilege, a lock
+            # held too long) is tried again in an hour. A lost connection fails the next
+            # publish too, and the relay reconnects as for any other Postgres error.
+            log.warning(
+                "outbox relay for %s could not delete old rows, and tries again in an hour: "
+                "%s: %s", self._schema, type(exc).__name__, exc,
+            )  # fmt: skip
+            more = False
+        self._prune_at = loop.time() + (0.0 if more else PRUNE_EVERY_S)
+        return more
 
     async def _prune(self, conn: asyncpg.Connection, retention: timedelta) -> int:
         """Delete up to PRUNE_BATCH of the oldest rows published longer than ``retention``
-        ago; set-aside rows (never published) stay for an operator."""
+        ago. Set-aside rows (never published) stay for an operator, and so do the rows
+        published after one with its topic and key: they are what tells `resend` that
+        sending it now would overtake a newer event. The condition is checked again on each
+        row deleted, as an operator's replay may have marked it unpublished meanwhile."""
         deleted = int(
             await conn.fetchval(
-                "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
-                "WHERE published_at < now() - $1::interval ORDER BY id LIMIT $2) RETURNING 1) "
+                "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o "
+                "WHERE o.published_at < now() - $1::interval AND NOT EXISTS (SELECT FROM "
+                "outbox s WHERE s.rejected_at IS NOT NULL AND s.topic = o.topic "
+                "AND s.key = o.key AND s.id < o.id) ORDER BY o.id LIMIT $2) "
+                "AND published_at < now() - $1::interval RETURNING 1) "
                 "SELECT count(*) FROM gone",
                 retention,
                 PRUNE_BATCH,

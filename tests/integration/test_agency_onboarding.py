@@ -362,6 +362,34 @@ async def test_an_agency_published_over_the_size_limit_before_it_was_checked_is_
     assert await directory(matching_pool) == stored
 
 
+async def test_an_import_publishes_anew_a_profile_the_relay_set_aside(
+    matching_pool: asyncpg.Pool,
+) -> None:
+    """A profile the broker would not take (a producer limit set too low, say) is set aside
+    by the relay, and `refnet outbox resend` refuses profiles: once the cause is fixed, the
+    next import publishes that agency again although its profile did not change, in place
+    of the set-aside row."""
+    await given_the_demo_directory(matching_pool)
+    agency_id = new_agency_id()
+    async with matching_pool.acquire() as conn, conn.transaction():
+        await owner.add_agency(conn, admin.package_from_fields(fields(agency_id)), CLOCK)
+        await conn.execute(
+            "UPDATE outbox SET rejected_at = now(), rejection = 'test' WHERE key = $1", agency_id
+        )
+    stored = await directory(matching_pool)
+
+    async with matching_pool.acquire() as conn, conn.transaction():
+        result = await owner.import_package(conn, stored, CLOCK)
+        rows = await conn.fetch(
+            "SELECT rejected_at FROM outbox WHERE topic = $1 AND key = $2",
+            AGENCIES.name,
+            agency_id,
+        )
+
+    assert result.published == [agency_id] and result.removed == []
+    assert [row["rejected_at"] for row in rows] == [None]
+
+
 def test_fields_that_cannot_make_a_matchable_agency_are_named() -> None:
     with pytest.raises(PackageInvalid) as refused:
         admin.package_from_fields(

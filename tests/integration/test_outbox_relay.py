@@ -317,17 +317,20 @@ async def test_rows_published_longer_ago_than_the_retention_are_deleted_and_no_o
     infra: Infrastructure, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The active relay deletes what went out more than its retention ago, a batch at a time
-    until none is left; rows published since, set-aside rows and rows still to publish are
-    kept, however old."""
+    until none is left; rows published since, set-aside rows, rows still to publish and rows
+    published after a set-aside row with the same key (which tell `resend` it would overtake
+    them) are kept, however old."""
     monkeypatch.setattr(outbox, "PRUNE_BATCH", 2)  # so the five rows due take three rounds
-    waiting_event = an_acceptance(uuid4())
+    events = [an_acceptance(uuid4()) for _ in range(8)]
+    waiting_event, behind_set_aside = an_acceptance(uuid4()), an_acceptance(events[7].need_id)
     async with relays(infra) as r:
-        await enqueue(r.pool, r.spec, [*(an_acceptance(uuid4()) for _ in range(8)), waiting_event])
+        await enqueue(r.pool, r.spec, [*events, waiting_event, behind_set_aside])
         async with r.pool.acquire() as conn:
             ids = [row["id"] for row in await conn.fetch("SELECT id FROM outbox ORDER BY id")]
-            due, recent, (set_aside, waiting) = ids[:5], ids[5:7], ids[7:]
+            due, recent, (set_aside, waiting, behind) = ids[:5], ids[5:7], ids[7:]
             await published_ago(conn, due, timedelta(days=8))
             await published_ago(conn, recent, timedelta(days=6))
+            await published_ago(conn, [behind], timedelta(days=8))
             await conn.execute(
                 "UPDATE outbox SET rejected_at = now() - interval '30 days', rejection = 'test', "
                 "created_at = now() - interval '30 days' WHERE id = $1",
@@ -349,7 +352,7 @@ async def test_rows_published_longer_ago_than_the_retention_are_deleted_and_no_o
         async with r.pool.acquire() as conn:
             kept = {row["id"] for row in await conn.fetch("SELECT id FROM outbox")}
 
-    assert kept == {*recent, set_aside, waiting}
+    assert kept == {*recent, set_aside, waiting, behind}
     assert await published(infra, r.spec) == [waiting_event]
     pruned = REGISTRY.get_sample_value("refnet_outbox_pruned_total", {"service": r.schema})
     assert pruned == len(due)
@@ -391,8 +394,10 @@ async def test_a_set_aside_event_is_resent_unless_that_would_undo_a_newer_one(
             profile_id = await set_aside_profile(conn)
             with pytest.raises(outbox.ResendRefused, match="newer event with the same key"):
                 await outbox.resend(conn, ids[str(first)])
-            with pytest.raises(outbox.ResendRefused, match="import the directory again"):
-                await outbox.resend(conn, profile_id)
+            with pytest.raises(outbox.ResendRefused, match="on refnet.agencies.v1: import"):
+                await outbox.resend(
+                    conn, profile_id, refused_topics={AGENCIES.name: "import the directory"}
+                )
             with pytest.raises(outbox.ResendRefused, match="no event"):
                 await outbox.resend(conn, uuid4())
             resent = await outbox.resend(conn, ids[str(second)])
@@ -425,7 +430,10 @@ async def test_refnet_outbox_lists_set_aside_events_and_resends_one(
     schema, pool = await fresh_schema(infra, "matching")
     real_create_pool = db.create_pool
 
-    async def create_pool_in_test_schema(url: str, _: str, **kw: Any) -> asyncpg.Pool:
+    opened: list[str] = []
+
+    async def create_pool_in_test_schema(url: str, service: str, **kw: Any) -> asyncpg.Pool:
+        opened.append(service)
         return await real_create_pool(url, schema, **kw)
 
     monkeypatch.setattr(db, "create_pool", create_pool_in_test_schema)
@@ -452,8 +460,9 @@ async def test_refnet_outbox_lists_set_aside_events_and_resends_one(
     assert listed.rstrip().endswith("1 set-aside event(s)")
     assert isinstance(refused, str) and "import the directory again" in refused
     assert not_an_id == "refnet outbox resend: 'nope' is not an event id"
-    assert f"publish {profile_id} to refnet.needs.v1 again" in resent
+    assert f"publishes {profile_id} to refnet.needs.v1 at its next round" in resent
     assert left == []
+    assert set(opened) == {"matching"}
 
 
 def run_cli(*argv: str) -> str | int | None:
@@ -463,3 +472,35 @@ def run_cli(*argv: str) -> str | int | None:
     except SystemExit as exc:
         return exc.code
     return None
+
+
+async def test_a_failing_prune_never_stops_publishing(
+    infra: Infrastructure, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting old rows is housekeeping: when Postgres refuses it, the relay says so and
+    goes on publishing."""
+    caplog.set_level(logging.WARNING, logger=outbox.__name__)
+    event = an_acceptance(uuid4())
+    async with relays(infra) as r:
+        async with r.pool.acquire() as conn:
+            await conn.execute(
+                "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN RAISE EXCEPTION 'deleting is not allowed here'; END $$"
+            )
+            await conn.execute(
+                "CREATE TRIGGER refuse_delete BEFORE DELETE ON outbox "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_delete()"
+            )
+        await enqueue(r.pool, r.spec, [an_acceptance(uuid4())])
+        async with r.pool.acquire() as conn:
+            await published_ago(conn, [await outbox.last_row_id(conn)], timedelta(days=8))
+        r.start(retention=timedelta(days=7))
+        await eventually(
+            lambda: asyncio.sleep(0, "could not delete old rows" in caplog.text), "the warning"
+        )
+        await enqueue(r.pool, r.spec, [event])
+        await eventually(lambda: drained(r.pool), "the new event relayed")
+
+    assert await published(infra, r.spec) == [event]
+    assert "deleting is not allowed here" in caplog.text
+    assert "released its lock" not in caplog.text and "will retry" not in caplog.text

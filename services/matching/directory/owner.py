@@ -381,8 +381,16 @@ async def _publish(
     *,
     removals: bool,
 ) -> ImportResult:
+    # An agency whose last profile the relay set aside (too large for the broker) never got
+    # it out: it counts as changed, and the row made now replaces the set-aside one.
     known = {
-        r["agency_id"]: r["digest"] for r in await conn.fetch("SELECT * FROM directory_published")
+        r["agency_id"]: None if r["set_aside"] else r["digest"]
+        for r in await conn.fetch(
+            "SELECT agency_id, digest, EXISTS (SELECT FROM outbox o WHERE o.topic = $1 "
+            "AND o.key = p.agency_id AND o.rejected_at IS NOT NULL) AS set_aside "
+            "FROM directory_published p",
+            AGENCIES.name,
+        )
     }
     digests = {p.agency_id: _digest(p) for p in new}
     changed = [p for p in new if known.get(p.agency_id) != digests[p.agency_id]]
@@ -411,6 +419,11 @@ async def _publish(
     gone = sorted(set(known) - {p.agency_id for p in new}) if removals else []
     for agency_id in gone:
         await outbox.enqueue_tombstone(conn, AGENCIES, agency_id)
+    await conn.execute(
+        "DELETE FROM outbox WHERE topic = $1 AND key = ANY($2::text[]) AND rejected_at IS NOT NULL",
+        AGENCIES.name,
+        [p.agency_id for p in changed] + gone,
+    )
     await conn.execute("DELETE FROM directory_published WHERE agency_id = ANY($1::text[])", gone)
     return ImportResult(revision, [p.agency_id for p in changed], gone, len(new) - len(changed))
 
