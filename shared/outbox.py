@@ -145,13 +145,21 @@ class SetAside:
     rejection: str
 
 
+_SET_ASIDE_COLUMNS = (
+    "event_id, topic, key, coalesce(length(value), 0) AS size, rejected_at, rejection"
+)
+
+
+def _set_aside_of(row: asyncpg.Record) -> SetAside:
+    return SetAside(**{name: row[name] for name in SetAside.__dataclass_fields__})
+
+
 async def set_aside(conn: asyncpg.Connection) -> list[SetAside]:
     """The rows the relay set aside, oldest first."""
     rows = await conn.fetch(
-        "SELECT event_id, topic, key, coalesce(length(value), 0) AS size, rejected_at, "
-        "rejection FROM outbox WHERE rejected_at IS NOT NULL ORDER BY id"
+        f"SELECT {_SET_ASIDE_COLUMNS} FROM outbox WHERE rejected_at IS NOT NULL ORDER BY id"
     )
-    return [SetAside(**row) for row in rows]
+    return [_set_aside_of(row) for row in rows]
 
 
 class ResendRefused(Exception):
@@ -168,8 +176,7 @@ async def resend(
     instead), whose owner makes its events again another way."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT id, event_id, topic, key, coalesce(length(value), 0) AS size, rejected_at, "
-            "rejection FROM outbox WHERE event_id = $1 FOR UPDATE",
+            f"SELECT id, {_SET_ASIDE_COLUMNS} FROM outbox WHERE event_id = $1 FOR UPDATE",
             event_id,
         )
         if row is None:
@@ -194,7 +201,7 @@ async def resend(
         await conn.execute(
             "UPDATE outbox SET rejected_at = NULL, rejection = NULL WHERE id = $1", row["id"]
         )
-    return SetAside(**{name: row[name] for name in SetAside.__dataclass_fields__})
+    return _set_aside_of(row)
 
 
 async def last_row_id(conn: asyncpg.Connection) -> int:

@@ -394,7 +394,7 @@ async def _publish(
     }
     digests = {p.agency_id: _digest(p) for p in new}
     changed = [p for p in new if known.get(p.agency_id) != digests[p.agency_id]]
-    rows, too_large = [], []
+    rows, too_large = {}, []
     # Unchanged profiles are checked too: one published before sizes were checked would
     # otherwise leave its agency unmatchable while the import reported success.
     for profile in new:
@@ -406,11 +406,10 @@ async def _publish(
                 "several organizations, or list counties or a radius instead of many ZIP codes"
             )
         else:
-            if known.get(profile.agency_id) != digests[profile.agency_id]:
-                rows.append(row)
+            rows[profile.agency_id] = row
     if too_large:
         raise PackageInvalid(too_large)
-    await outbox.write(conn, rows)
+    await outbox.write(conn, [rows[p.agency_id] for p in changed])
     await conn.executemany(
         "INSERT INTO directory_published (agency_id, revision, digest) VALUES ($1, $2, $3) "
         "ON CONFLICT (agency_id) DO UPDATE SET revision = $2, digest = $3",
